@@ -1,0 +1,234 @@
+r"""The implicit-differentiation engine.
+
+A solver returns :math:`x^\star(\theta)` with :math:`F(x^\star, \theta) = 0`. Differentiating this identity
+gives the implicit function theorem,
+
+.. math::
+
+    \partial_x F \; \dot x = -\partial_\theta F \; \dot\theta ,
+
+so the tangent :math:`\dot x` (forward mode) is one linear solve with :math:`\partial_x F`, and the cotangent
+of :math:`\theta` (reverse mode) is :math:`-(\partial_\theta F)^\top u` with
+:math:`(\partial_x F)^\top u = \bar x`. Only derivatives of :math:`F` at the solution enter: the solver's
+iterations are never differentiated, and the solver may be any code, including NumPy or SciPy behind
+:func:`jax.pure_callback`.
+
+The rule is a JVP (:func:`jax.custom_jvp`) whose linear solve is :func:`jax.lax.custom_linear_solve`. Reverse
+mode comes from transposing it, and derivatives of every order from differentiating it again, so ``jax.grad``,
+``jacfwd``, ``jacrev`` and ``hessian`` all work.
+
+Values that ``F`` or the solver close over are made explicit arguments (closure conversion,
+:func:`jax.closure_convert`): differentiating with respect to a value ``F`` closes over gives the correct
+derivative. Values only the solver closes over get no derivative, since the solution depends on them only
+through ``F``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from implax.linear import solve_linear
+from implax.tree import describe, tree_cast_like, tree_neg
+
+__all__ = ["custom_fixed_point", "custom_root", "root_jvp", "root_vjp"]
+
+
+def custom_root(optimality_fn: Callable, solve=None, has_aux: bool = False) -> Callable[[Callable], Callable]:
+    r"""Decorates a solver so its output is differentiated implicitly through ``optimality_fn``.
+
+    ``optimality_fn(x, *args, **kwargs)`` must vanish at the solver's output and return a pytree of the same
+    structure and shapes as ``x``. The decorated ``solver(init, *args, **kwargs)`` is called once per
+    evaluation; derivatives with respect to ``args`` and ``kwargs`` (and to what ``optimality_fn`` closes
+    over) come from
+
+    .. math:: \partial_x F(x^\star, \theta)\, \dot x = -\partial_\theta F(x^\star, \theta)\, \dot\theta .
+
+    ``init`` gets no derivative. The calling convention is that of ``jaxopt.implicit_diff.custom_root``.
+
+    Args:
+      optimality_fn: ``F(x, *args, **kwargs)``, written in JAX.
+      solve: the linear solver for the system above: an :mod:`implax.linear` solver or any callable
+        ``solve(matvec, b) -> x``. ``None`` means :class:`implax.linear.Auto`. A backward solve that misses its
+        tolerance triggers the solver's ``on_failure`` policy (a warning by default).
+      has_aux: the solver returns ``(x, aux)``; ``aux`` is returned unchanged and carries no derivative.
+
+    Returns:
+      A decorator; the decorated solver has the solver's signature and return value.
+
+    Raises:
+      TypeError: at trace time, when an argument is not an array, or ``optimality_fn``'s output does not
+        have the structure and shapes of ``x``.
+    """
+
+    def decorator(solver: Callable) -> Callable:
+        @functools.wraps(solver)
+        def solver_with_implicit_derivative(init, *args, **kwargs):
+            return _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs)
+
+        return solver_with_implicit_derivative
+
+    return decorator
+
+
+def custom_fixed_point(fixed_point_fn: Callable, solve=None, has_aux: bool = False) -> Callable[[Callable], Callable]:
+    r"""Like :func:`custom_root` for a solver of ``x = T(x, *args, **kwargs)``.
+
+    The optimality function is :math:`F(x, \theta) = T(x, \theta) - x`, so the linear system is
+    :math:`(I - \partial_x T)\, \dot x = \partial_\theta T\, \dot\theta`.
+    """
+
+    def optimality_fn(x, *args, **kwargs):
+        return jax.tree.map(jnp.subtract, fixed_point_fn(x, *args, **kwargs), x)
+
+    return custom_root(optimality_fn, solve=solve, has_aux=has_aux)
+
+
+def root_jvp(optimality_fn: Callable, sol: Any, args: tuple, tangents: tuple, solve=None) -> Any:
+    r"""Tangent of the root ``sol`` of ``optimality_fn(x, *args) = 0`` along ``tangents`` of ``args``.
+
+    Solves :math:`\partial_x F\, \dot x = -\sum_i \partial_{\theta_i} F\, \dot\theta_i`.
+
+    Args:
+      optimality_fn: ``F(x, *args)``.
+      sol: the root.
+      args: tuple of the arguments of ``F`` after ``x``.
+      tangents: tuple of tangents, one per argument, each of that argument's structure.
+      solve: linear solver (see :func:`custom_root`).
+
+    Returns:
+      The tangent of ``sol``, of ``sol``'s structure.
+    """
+    args, tangents = tuple(args), tuple(tangents)
+    return _tangent(lambda x, a: optimality_fn(x, *a), sol, args, tangents, solve)
+
+
+def root_vjp(optimality_fn: Callable, sol: Any, args: tuple, cotangent: Any, solve=None) -> tuple:
+    r"""Cotangents of ``args`` for a cotangent ``cotangent`` of the root ``sol`` of ``optimality_fn(x, *args) = 0``.
+
+    Solves :math:`(\partial_x F)^\top u = \bar x` and returns :math:`-(\partial_{\theta_i} F)^\top u` for each
+    argument.
+
+    Returns:
+      A tuple of cotangents, one per argument, each of that argument's structure.
+    """
+    args = tuple(args)
+
+    def matvec(t):
+        return jax.jvp(lambda x: optimality_fn(x, *args), (sol,), (t,))[1]
+
+    vecmat = jax.linear_transpose(lambda t: tree_cast_like(matvec(t), sol), sol)
+    u = solve_linear(lambda v: vecmat(v)[0], tree_cast_like(cotangent, sol), solve)
+    _, pullback = jax.vjp(lambda *a: optimality_fn(sol, *a), *args)
+    return pullback(tree_neg(u))
+
+
+def _tangent(fn, x, params, dparams, solve):
+    """``ẋ`` solving ``∂ₓfn(x, params) ẋ = -∂_params fn(x, params) dparams``."""
+    _, rhs = jax.jvp(lambda p: fn(x, p), (params,), (dparams,))
+
+    def matvec(t):
+        return tree_cast_like(jax.jvp(lambda y: fn(y, params), (x,), (t,))[1], x)
+
+    return solve_linear(matvec, tree_cast_like(tree_neg(rhs), x), solve)
+
+
+def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
+    _check_arguments(args, kwargs)
+    theta = (args, kwargs)
+
+    def run_solver(init, theta):
+        return solver(init, *theta[0], **theta[1])
+
+    run_solver, solver_consts = jax.closure_convert(run_solver, init, theta)
+    out_shape = jax.eval_shape(run_solver, init, theta, *solver_consts)
+    x_shape = _solution_shape(out_shape, has_aux)
+
+    def optimality(x, theta):
+        return optimality_fn(x, *theta[0], **theta[1])
+
+    x_example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), x_shape)
+    try:
+        optimality, optimality_consts = jax.closure_convert(optimality, x_example, theta)
+        residual_shape = jax.eval_shape(optimality, x_example, theta, *optimality_consts)
+    except Exception as error:
+        raise TypeError(
+            f"optimality_fn failed when called as optimality_fn(x, *args, **kwargs) with the solver's output "
+            f"x: {describe(x_shape)}, args: {describe(args)}, kwargs: {describe(kwargs)}. Check that the solver "
+            f"returns what optimality_fn expects. The error was: {type(error).__name__}: {error}"
+        ) from error
+    _check_same_shapes(residual_shape, x_shape)
+
+    @jax.custom_jvp
+    def root(init, theta, solver_consts, optimality_consts):
+        return run_solver(init, theta, *solver_consts)
+
+    @root.defjvp
+    def root_jvp_rule(primals, tangents):
+        init, theta, solver_consts, optimality_consts = primals
+        _, dtheta, _, doptimality_consts = tangents
+        # Calling `root` (not the solver) keeps x differentiable when this rule is differentiated again.
+        out = root(*primals)
+        x = out[0] if has_aux else out
+
+        def fn(y, params):
+            return optimality(y, params[0], *params[1])
+
+        dx = _tangent(fn, x, (theta, optimality_consts), (dtheta, doptimality_consts), solve)
+        if has_aux:
+            return out, (dx, jax.tree.map(_zero_tangent, out[1]))
+        return out, dx
+
+    return root(init, theta, tuple(solver_consts), tuple(optimality_consts))
+
+
+def _zero_tangent(v):
+    v = jnp.asarray(v)
+    if jnp.issubdtype(v.dtype, jnp.inexact):
+        return jnp.zeros_like(v)
+    return np.zeros(v.shape, dtype=jax.dtypes.float0)
+
+
+def _solution_shape(out_shape, has_aux):
+    if not has_aux:
+        return out_shape
+    if not (isinstance(out_shape, tuple) and len(out_shape) == 2):
+        raise TypeError(f"with has_aux=True the solver must return a pair (x, aux); it returned {describe(out_shape)}")
+    return out_shape[0]
+
+
+def _check_arguments(args, kwargs):
+    for where, value in [(f"args[{i}]", a) for i, a in enumerate(args)] + [
+        (f"kwargs[{k!r}]", v) for k, v in kwargs.items()
+    ]:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(value):
+            if not _is_array_like(leaf):
+                raise TypeError(
+                    f"solver argument {where}{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an "
+                    f"array: every leaf of the arguments after init is differentiated and must be an array or "
+                    f"a number. Pass other values by closure or functools.partial instead."
+                )
+
+
+def _is_array_like(leaf):
+    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
+        return True
+    return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+
+
+def _check_same_shapes(residual_shape, x_shape):
+    residual_tree = jax.tree.structure(residual_shape)
+    x_tree = jax.tree.structure(x_shape)
+    shapes_match = residual_tree == x_tree and all(
+        r.shape == s.shape for r, s in zip(jax.tree.leaves(residual_shape), jax.tree.leaves(x_shape))
+    )
+    if not shapes_match:
+        raise TypeError(
+            "optimality_fn must return a pytree with the structure and shapes of the solution x; "
+            f"x is {describe(x_shape)} but optimality_fn returned {describe(residual_shape)}"
+        )

@@ -1,0 +1,76 @@
+"""What happens when a solve fails: warn, raise, return NaN, or leave it to the caller.
+
+A failure is detected inside traced code, so it is reported with a host callback that runs when the
+computation runs (under ``jit`` and ``vmap`` too). Under ``vmap`` the flag is per element: the ``"nan"`` policy
+replaces only the failing elements, and the others are returned unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FailurePolicy = Literal["warn", "raise", "nan", "ignore"]
+POLICIES = ("warn", "raise", "nan", "ignore")
+
+
+class SolveFailureWarning(RuntimeWarning):
+    """A solve did not reach its tolerance; the result is returned as computed."""
+
+
+class SolveFailureError(RuntimeError):
+    """A solve did not reach its tolerance and the caller asked for an error.
+
+    Under ``jax.jit`` the error surfaces as the runtime error of the computation, whose message contains this
+    one.
+    """
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"on_failure must be one of {POLICIES}, got {policy!r}")
+
+
+def report_failure(ok: jax.Array, value, message: str, policy: FailurePolicy, **diagnostics: jax.Array):
+    """Applies ``policy`` to ``value`` where ``ok`` is false.
+
+    Args:
+      ok: boolean scalar, true when the solve succeeded.
+      value: the pytree the solve returned.
+      message: what failed, e.g. ``"backward linear solve (GMRES)"``.
+      policy: ``"warn"`` issues a :class:`SolveFailureWarning`, ``"raise"`` a :class:`SolveFailureError`,
+        ``"nan"`` replaces the floating-point leaves of ``value`` by NaN, ``"ignore"`` does nothing.
+      **diagnostics: scalars printed with the message (e.g. the relative residual).
+
+    Returns:
+      ``value``, or its NaN replacement under the ``"nan"`` policy.
+    """
+    check_policy(policy)
+    if policy == "ignore":
+        return value
+    if policy == "nan":
+        return jax.tree.map(lambda v: _nan_where_failed(ok, v), value)
+    names = tuple(diagnostics)
+
+    def host_report(ok_host, *values):
+        if bool(np.all(ok_host)):
+            return
+        details = ", ".join(f"{n}={np.asarray(v)!r}" for n, v in zip(names, values))
+        text = f"{message} failed ({details})"
+        if policy == "raise":
+            raise SolveFailureError(text)
+        warnings.warn(text, SolveFailureWarning, stacklevel=2)
+
+    jax.debug.callback(host_report, ok, *diagnostics.values())
+    return value
+
+
+def _nan_where_failed(ok, v):
+    v = jnp.asarray(v)
+    if not jnp.issubdtype(v.dtype, jnp.inexact):
+        return v
+    return jnp.where(ok, v, jnp.nan)

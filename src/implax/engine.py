@@ -170,7 +170,7 @@ def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
 
     @root.defjvp
     def root_jvp_rule(primals, tangents):
-        init, theta, solver_consts, optimality_consts = primals
+        _, theta, _, optimality_consts = primals
         _, dtheta, _, doptimality_consts = tangents
         # Calling `root` (not the solver) keeps x differentiable when this rule is differentiated again.
         out = root(*primals)

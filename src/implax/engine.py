@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from implax.checks import check_arguments, check_same_shapes
 from implax.linear import solve_linear
 from implax.tree import describe, tree_cast_like, tree_neg
 
@@ -139,7 +140,7 @@ def _tangent(fn, x, params, dparams, solve):
 
 
 def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
-    _check_arguments(args, kwargs)
+    check_arguments(args, kwargs)
     theta = (args, kwargs)
 
     def run_solver(init, theta):
@@ -162,7 +163,7 @@ def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
             f"x: {describe(x_shape)}, args: {describe(args)}, kwargs: {describe(kwargs)}. Check that the solver "
             f"returns what optimality_fn expects. The error was: {type(error).__name__}: {error}"
         ) from error
-    _check_same_shapes(residual_shape, x_shape)
+    check_same_shapes(residual_shape, x_shape, 'optimality_fn')
 
     @jax.custom_jvp
     def root(init, theta, solver_consts, optimality_consts):
@@ -200,35 +201,3 @@ def _solution_shape(out_shape, has_aux):
     if not (isinstance(out_shape, tuple) and len(out_shape) == 2):
         raise TypeError(f"with has_aux=True the solver must return a pair (x, aux); it returned {describe(out_shape)}")
     return out_shape[0]
-
-
-def _check_arguments(args, kwargs):
-    for where, value in [(f"args[{i}]", a) for i, a in enumerate(args)] + [
-        (f"kwargs[{k!r}]", v) for k, v in kwargs.items()
-    ]:
-        for path, leaf in jax.tree_util.tree_leaves_with_path(value):
-            if not _is_array_like(leaf):
-                raise TypeError(
-                    f"solver argument {where}{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an "
-                    f"array: every leaf of the arguments after init is differentiated and must be an array or "
-                    f"a number. Pass other values by closure or functools.partial instead."
-                )
-
-
-def _is_array_like(leaf):
-    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
-        return True
-    return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
-
-
-def _check_same_shapes(residual_shape, x_shape):
-    residual_tree = jax.tree.structure(residual_shape)
-    x_tree = jax.tree.structure(x_shape)
-    shapes_match = residual_tree == x_tree and all(
-        r.shape == s.shape for r, s in zip(jax.tree.leaves(residual_shape), jax.tree.leaves(x_shape))
-    )
-    if not shapes_match:
-        raise TypeError(
-            "optimality_fn must return a pytree with the structure and shapes of the solution x; "
-            f"x is {describe(x_shape)} but optimality_fn returned {describe(residual_shape)}"
-        )

@@ -3,17 +3,34 @@
 from implax import linear
 from implax.engine import custom_fixed_point, custom_root, root_jvp, root_vjp
 from implax.failures import SolveFailureError, SolveFailureWarning
+from implax.fixed_point import Anderson, FixedPointIteration, fixed_point
 from implax.interop import black_box
+from implax.policies import JFB, Implicit, Phantom, Unrolled
+from implax.root import Bisection, Broyden, Newton, root
+from implax.solution import Solution, Stats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "JFB",
+    "Anderson",
+    "Bisection",
+    "Broyden",
+    "FixedPointIteration",
+    "Implicit",
+    "Newton",
+    "Phantom",
+    "Solution",
     "SolveFailureError",
     "SolveFailureWarning",
+    "Stats",
+    "Unrolled",
     "black_box",
     "custom_fixed_point",
     "custom_root",
+    "fixed_point",
     "linear",
+    "root",
     "root_jvp",
     "root_vjp",
 ]

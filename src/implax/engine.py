@@ -163,7 +163,7 @@ def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
             f"x: {describe(x_shape)}, args: {describe(args)}, kwargs: {describe(kwargs)}. Check that the solver "
             f"returns what optimality_fn expects. The error was: {type(error).__name__}: {error}"
         ) from error
-    check_same_shapes(residual_shape, x_shape, 'optimality_fn')
+    check_same_shapes(residual_shape, x_shape, "optimality_fn")
 
     @jax.custom_jvp
     def root(init, theta, solver_consts, optimality_consts):

@@ -1,0 +1,169 @@
+r"""Fixed points, :math:`x = T(x, \theta)`: the problem API and its solvers (fixed-point iteration, Anderson).
+
+Root solvers (:class:`implax.Newton`, :class:`implax.Broyden`) also solve fixed-point problems, as the root of
+:math:`T(x, \theta) - x`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from implax.failures import FailurePolicy
+from implax.iterate import FixedPointProblem, IterativeSolver
+from implax.policies import solve_problem
+from implax.solution import Solution
+from implax.tree import tree_add, tree_scale
+
+__all__ = ["Anderson", "FixedPointIteration", "fixed_point"]
+
+
+def fixed_point(
+    T: Callable,
+    x0: Any,
+    params: Any = None,
+    solver: IterativeSolver | None = None,
+    diff=None,
+    on_failure: FailurePolicy = "warn",
+) -> Solution:
+    r"""Solves :math:`x = T(x, \theta)` for ``x``, differentiably in ``params``.
+
+    Args:
+      T: ``T(x, params)``, returning a pytree of ``x``'s structure and shapes.
+      x0: initial guess (gets no derivative).
+      params: pytree of arrays; what derivatives are taken with respect to.
+      solver: :class:`Anderson` (default), :class:`FixedPointIteration`, :class:`implax.Broyden` or
+        :class:`implax.Newton`.
+      diff: differentiation policy (:mod:`implax.policies`); default :class:`implax.Implicit`, whose linear
+        system is :math:`(I - \partial_x T)\, \dot x = \partial_\theta T\, \dot\theta`.
+      on_failure: as for :func:`implax.root`.
+
+    Returns:
+      A :class:`implax.Solution`; ``stats.residual`` is :math:`\|T(x) - x\|`.
+    """
+    problem = FixedPointProblem(T)
+    solver = Anderson() if solver is None else solver
+    return solve_problem(problem, x0, params, solver, diff, on_failure, "implax.fixed_point")
+
+
+class _FixedPointSolver(IterativeSolver):
+    def check_problem(self, problem):
+        if not problem.is_fixed_point:
+            raise TypeError(
+                f"{type(self).__name__} solves fixed points x = T(x); use implax.fixed_point, or a root solver "
+                f"(Newton, Broyden) for F(x) = 0"
+            )
+
+
+class _ResidualState(NamedTuple):
+    residual: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPointIteration(_FixedPointSolver):
+    r"""Damped fixed-point iteration :math:`x \leftarrow (1 - \beta)\, x + \beta\, T(x)`.
+
+    Converges linearly when the damped map is a contraction.
+
+    Attributes:
+      damping: :math:`\beta \in (0, 1]`.
+    """
+
+    damping: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.damping <= 1:
+            raise ValueError(f"damping must be in (0, 1], got {self.damping}")
+
+    def init(self, problem, x, params):
+        return x, _ResidualState(problem.residual(x, params))
+
+    def step(self, problem, x, params, state):
+        x = tree_add(x, tree_scale(self.damping, state.residual))
+        return x, _ResidualState(problem.residual(x, params))
+
+
+class _AndersonState(NamedTuple):
+    residual: Any
+    iterates: jax.Array
+    images: jax.Array
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Anderson(_FixedPointSolver):
+    r"""Anderson acceleration (type II) with a regularization scaled to the problem.
+
+    Keeps the last ``history`` iterates :math:`x_i` and images :math:`g_i = T(x_i)`, with residuals
+    :math:`f_i = g_i - x_i`, and mixes them with the weights
+
+    .. math::
+
+        \alpha = \operatorname*{argmin}_{\mathbf 1^\top \alpha = 1}
+            \Big\|\sum_i \alpha_i f_i\Big\|^2 + \lambda \|\alpha\|^2, \qquad
+        x \leftarrow \beta \sum_i \alpha_i g_i + (1 - \beta) \sum_i \alpha_i x_i .
+
+    The ridge :math:`\lambda` is ``ridge`` times the mean diagonal of the Gram matrix
+    :math:`f_i^\top f_j`, so it is invariant to the scale of the problem (an absolute ridge such as 1e-4
+    dominates the Gram matrix near convergence and slows the method to a crawl). If the small system is
+    singular despite it, or the mixed iterate is not finite, the step falls back to damped fixed-point
+    iteration.
+
+    Attributes:
+      history: ``m``, the number of iterates mixed.
+      mixing: :math:`\beta \in (0, 1]`.
+      ridge: relative regularization of the mixing least-squares problem.
+    """
+
+    history: int = 5
+    mixing: float = 1.0
+    ridge: float = 1e-10
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.history < 1:
+            raise ValueError(f"history must be at least 1, got {self.history}")
+        if not 0 < self.mixing <= 1:
+            raise ValueError(f"mixing must be in (0, 1], got {self.mixing}")
+
+    def init(self, problem, x, params):
+        residual = problem.residual(x, params)
+        x_flat, _ = ravel_pytree(x)
+        history = jnp.zeros((self.history, x_flat.size), x_flat.dtype)
+        return x, _AndersonState(residual, history, history, jnp.zeros((), jnp.int32))
+
+    def step(self, problem, x, params, state):
+        x_flat, unravel = ravel_pytree(x)
+        image = x_flat + ravel_pytree(state.residual)[0]
+        slot = state.count % self.history
+        iterates = state.iterates.at[slot].set(x_flat)
+        images = state.images.at[slot].set(image)
+        valid = jnp.arange(self.history) < jnp.minimum(state.count + 1, self.history)
+        weights = _mixing_weights(jnp.where(valid[:, None], images - iterates, 0), valid, self.ridge)
+        mixed = self.mixing * (weights @ images) + (1 - self.mixing) * (weights @ iterates)
+        fallback = x_flat + self.mixing * (image - x_flat)
+        x_new = unravel(jnp.where(jnp.all(jnp.isfinite(mixed)), mixed, fallback))
+        return x_new, _AndersonState(problem.residual(x_new, params), iterates, images, state.count + 1)
+
+
+def _mixing_weights(residuals, valid, ridge):
+    r"""Solves the bordered system of :math:`\min \|R^\top\alpha\|^2 + \lambda\|\alpha\|^2` s.t.
+    :math:`\mathbf 1^\top \alpha = 1`, over the valid rows of ``residuals`` (the others get weight 0)."""
+    m = valid.shape[0]
+    gram = residuals @ residuals.T
+    both_valid = valid[:, None] & valid[None, :]
+    mean_diagonal = jnp.trace(gram) / jnp.maximum(jnp.sum(valid), 1)
+    tiny = jnp.finfo(gram.dtype).tiny
+    regularized = gram + (ridge * mean_diagonal + tiny) * jnp.eye(m, dtype=gram.dtype)
+    regularized = jnp.where(both_valid, regularized, jnp.eye(m, dtype=gram.dtype))
+    border = valid.astype(gram.dtype)
+    system = jnp.block([[jnp.zeros((1, 1), gram.dtype), border[None, :]], [border[:, None], regularized]])
+    rhs = jnp.zeros(m + 1, gram.dtype).at[0].set(1)
+    weights = jnp.linalg.solve(system, rhs)[1:]
+    return jnp.where(valid, weights, 0)

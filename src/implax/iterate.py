@@ -1,0 +1,178 @@
+r"""Problems, the solver protocol, and the loop that runs any solver.
+
+A problem is a root :math:`F(x, \theta) = 0` or a fixed point :math:`x = T(x, \theta)`; both expose the
+residual :math:`r(x, \theta)` (``F``, or ``T(x) − x``) whose norm decides convergence:
+
+.. math:: \|r(x_k, \theta)\| \le \mathrm{atol} + \mathrm{rtol} \cdot s ,
+
+with :math:`s = \|r(x_0, \theta)\|` for a root and :math:`s = \|x_k\|` for a fixed point.
+
+A solver is an immutable configuration with ``init(problem, x0, params) -> (x, state)`` and
+``step(problem, x, params, state) -> (x, state)``; every state has a ``residual`` field holding
+:math:`r(x, \theta)` at the current iterate, so the loop never evaluates the problem itself. Solvers contain
+iteration logic only: how the result is differentiated is the policy's business (:mod:`implax.policies`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from implax.linear import default_rtol
+from implax.solution import Stats
+from implax.tree import tree_norm, tree_sub
+
+
+@dataclasses.dataclass(frozen=True)
+class RootProblem:
+    """Find ``x`` with ``fn(x, params) = 0``."""
+
+    fn: Callable
+
+    is_fixed_point: ClassVar[bool] = False
+
+    def residual(self, x, params):
+        return self.fn(x, params)
+
+    def scale(self, x, initial_residual_norm):
+        return initial_residual_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPointProblem:
+    """Find ``x`` with ``fn(x, params) = x``."""
+
+    fn: Callable
+
+    is_fixed_point: ClassVar[bool] = True
+
+    def residual(self, x, params):
+        return tree_sub(self.fn(x, params), x)
+
+    def scale(self, x, initial_residual_norm):
+        return tree_norm(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class IterativeSolver:
+    """Configuration shared by the iterative solvers.
+
+    Attributes:
+      rtol, atol: tolerances of the stopping rule (module documentation); ``None`` picks 1e-10 in float64 and
+        1e-5 in float32.
+      max_steps: iteration budget.
+      keep_best: return the iterate with the smallest residual seen rather than the last one.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    max_steps: int = 256
+    keep_best: bool = False
+
+    def __post_init__(self):
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be nonnegative, got {self.max_steps}")
+
+    def init(self, problem, x, params) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def step(self, problem, x, params, state) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def check_problem(self, problem) -> None:
+        """Raises ``TypeError`` if this solver cannot solve ``problem``'s kind."""
+
+    def tolerances(self, x):
+        leaves = jax.tree.leaves(x)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        tol = default_rtol(dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32)
+        return (tol if self.rtol is None else self.rtol, tol if self.atol is None else self.atol)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Carry:
+    x: Any
+    state: Any
+    residual: jax.Array
+    num_steps: jax.Array
+    best_x: Any
+    best_residual: jax.Array
+
+
+jax.tree_util.register_dataclass(
+    _Carry, data_fields=["x", "state", "residual", "num_steps", "best_x", "best_residual"], meta_fields=[]
+)
+
+
+def _start(solver, problem, x0, params):
+    x, state = solver.init(problem, x0, params)
+    residual = tree_norm(state.residual)
+    zero = jnp.zeros((), jnp.int32)
+    return _Carry(x, state, residual, zero, x, residual), residual
+
+
+def _advance(solver, problem, params, carry):
+    x, state = solver.step(problem, carry.x, params, carry.state)
+    residual = tree_norm(state.residual)
+    better = residual < carry.best_residual
+    best_x = jax.tree.map(lambda new, old: jnp.where(better, new, old), x, carry.best_x)
+    best_residual = jnp.where(better, residual, carry.best_residual)
+    return _Carry(x, state, residual, carry.num_steps + 1, best_x, best_residual)
+
+
+def _running(solver, problem, carry, initial_residual):
+    rtol, atol = solver.tolerances(carry.x)
+    threshold = atol + rtol * problem.scale(carry.x, initial_residual)
+    return (carry.residual > threshold) & jnp.isfinite(carry.residual)
+
+
+def _finish(solver, problem, carry, initial_residual):
+    x, residual = carry.x, carry.residual
+    if solver.keep_best:
+        x, residual = carry.best_x, carry.best_residual
+    rtol, atol = solver.tolerances(x)
+    converged = residual <= atol + rtol * problem.scale(x, initial_residual)
+    stats = Stats(
+        num_steps=carry.num_steps,
+        residual=residual,
+        converged=converged,
+        nonfinite=~jnp.isfinite(carry.residual),
+    )
+    return x, stats
+
+
+def iterate(solver: IterativeSolver, problem, x0, params):
+    """Runs ``solver`` until convergence, a non-finite residual, or ``max_steps`` (``lax.while_loop``).
+
+    Reverse-mode autodiff cannot pass through this loop; it is run under a differentiation policy.
+
+    Returns:
+      ``(x, stats)``.
+    """
+    carry, initial_residual = _start(solver, problem, x0, params)
+
+    def cond(carry):
+        return (carry.num_steps < solver.max_steps) & _running(solver, problem, carry, initial_residual)
+
+    carry = jax.lax.while_loop(cond, lambda carry: _advance(solver, problem, params, carry), carry)
+    return _finish(solver, problem, carry, initial_residual)
+
+
+def iterate_unrolled(solver: IterativeSolver, problem, x0, params):
+    """Like :func:`iterate`, but as ``max_steps`` masked steps of ``lax.scan``, so autodiff can pass through.
+
+    Once converged (or non-finite), the iterate is frozen: the remaining steps are computed and discarded.
+    """
+    carry, initial_residual = _start(solver, problem, x0, params)
+
+    def body(carry, _):
+        running = _running(solver, problem, carry, initial_residual)
+        advanced = _advance(solver, problem, params, carry)
+        return jax.tree.map(lambda new, old: jnp.where(running, new, old), advanced, carry), None
+
+    carry, _ = jax.lax.scan(body, carry, length=solver.max_steps)
+    return _finish(solver, problem, carry, initial_residual)

@@ -1,0 +1,235 @@
+r"""Root finding, :math:`F(x, \theta) = 0`: the problem API and its solvers (Newton, Broyden, Bisection)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from implax import linear
+from implax.failures import FailurePolicy
+from implax.iterate import IterativeSolver, RootProblem
+from implax.linear import solve_linear
+from implax.policies import solve_problem
+from implax.solution import Solution
+from implax.tree import tree_add, tree_norm, tree_scale
+
+__all__ = ["Bisection", "Broyden", "Newton", "root"]
+
+
+def root(
+    F: Callable,
+    x0: Any,
+    params: Any = None,
+    solver: IterativeSolver | None = None,
+    diff=None,
+    on_failure: FailurePolicy = "warn",
+) -> Solution:
+    r"""Solves :math:`F(x, \theta) = 0` for ``x``, differentiably in ``params``.
+
+    Args:
+      F: ``F(x, params)``, returning a pytree of ``x``'s structure and shapes.
+      x0: initial guess (gets no derivative).
+      params: pytree of arrays; what derivatives are taken with respect to.
+      solver: :class:`Newton` (default), :class:`Broyden` or :class:`Bisection`.
+      diff: differentiation policy (:mod:`implax.policies`); default :class:`implax.Implicit`.
+      on_failure: what a solve that does not converge does: ``"warn"`` (default), ``"raise"``, ``"nan"``
+        (NaN in place of the value of each failed element) or ``"ignore"``; ``stats.converged`` says it in
+        every case.
+
+    Returns:
+      A :class:`implax.Solution` with the root in ``value`` and the solve's :class:`implax.Stats`.
+    """
+    problem = RootProblem(F)
+    return solve_problem(problem, x0, params, Newton() if solver is None else solver, diff, on_failure, "implax.root")
+
+
+def _jvp_operator(problem, x, params):
+    return lambda t: jax.jvp(lambda y: problem.residual(y, params), (x,), (t,))[1]
+
+
+def _backtrack(problem, x, dx, params, residual_norm, max_backtracks, armijo):
+    r"""Largest :math:`t \in \{1, \frac12, \frac14, \dots\}` with
+    :math:`\|F(x + t\,\delta)\| \le (1 - c\, t)\, \|F(x)\|`; the smallest tried if none passes.
+
+    The step size is a piecewise-constant function of the problem, so it carries no derivative.
+    """
+
+    def trial_norm(t):
+        return tree_norm(problem.residual(tree_add(x, tree_scale(t, dx)), params))
+
+    def rejected(carry):
+        t, norm, k = carry
+        accept = jnp.isfinite(norm) & (norm <= (1 - armijo * t) * residual_norm)
+        return (k < max_backtracks) & ~accept
+
+    def halve(carry):
+        t, _, k = carry
+        return t / 2, trial_norm(t / 2), k + 1
+
+    one = jnp.ones((), residual_norm.dtype)
+    t, _, _ = jax.lax.while_loop(rejected, halve, (one, trial_norm(one), 0))
+    return jax.lax.stop_gradient(t)
+
+
+class _ResidualState(NamedTuple):
+    residual: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Newton(IterativeSolver):
+    r"""Newton's method :math:`x \leftarrow x - t\, (\partial_x F)^{-1} F(x)` with backtracking on :math:`\|F\|`.
+
+    The Newton system is solved by ``linear_solver``: by default :class:`implax.linear.Auto`, a dense LU of the
+    Jacobian for up to ``dense_max`` unknowns and matrix-free GMRES on Jacobian-vector products above. A
+    singular Jacobian makes the step non-finite, which stops the solve with ``stats.nonfinite`` set.
+
+    Attributes:
+      linear_solver: solver of the Newton system.
+      line_search: backtrack the step size ``t`` (halving, Armijo constant ``armijo``) so that the residual
+        norm decreases; without it ``t = 1``.
+      max_backtracks: halvings tried per step.
+    """
+
+    linear_solver: Any = linear.Auto(on_failure="ignore")
+    line_search: bool = True
+    max_backtracks: int = 20
+    armijo: float = 1e-4
+
+    def init(self, problem, x, params):
+        return x, _ResidualState(problem.residual(x, params))
+
+    def step(self, problem, x, params, state):
+        dx = solve_linear(_jvp_operator(problem, x, params), tree_scale(-1, state.residual), self.linear_solver)
+        if self.line_search:
+            t = _backtrack(problem, x, dx, params, tree_norm(state.residual), self.max_backtracks, self.armijo)
+            dx = tree_scale(t, dx)
+        x = tree_add(x, dx)
+        return x, _ResidualState(problem.residual(x, params))
+
+
+class _BroydenState(NamedTuple):
+    residual: Any
+    u: jax.Array
+    v: jax.Array
+    gamma: jax.Array
+    num_updates: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Broyden(IterativeSolver):
+    r"""Limited-memory ("good") Broyden method on the inverse Jacobian.
+
+    The inverse Jacobian is approximated as :math:`H = \gamma I + \sum_{i} u_i v_i^\top` with at most
+    ``memory`` rank-one terms: memory is ``2 · memory · n`` numbers whatever the number of iterations; when
+    full, the oldest term is overwritten. Each step :math:`s = -t\, H F(x)` is followed by the secant update
+
+    .. math:: H \leftarrow H + \frac{(s - H y)\, s^\top H}{s^\top H y}, \qquad y = F(x + s) - F(x),
+
+    skipped when :math:`|s^\top H y|` is tiny relative to :math:`\|s\|\,\|H y\|` (the safeguard against a
+    singular update). The scale :math:`\gamma` is fitted once from a Jacobian-vector product at ``x0``,
+    :math:`\gamma = \langle F, J F\rangle / \|J F\|^2`, so the first step is sensible whatever the sign and
+    scale of :math:`\partial_x F` (for a fixed point :math:`T(x) - x` with small :math:`\partial T`,
+    :math:`\gamma \approx -1`).
+
+    Attributes:
+      memory: number of rank-one terms kept.
+      line_search, max_backtracks, armijo: as for :class:`Newton`.
+    """
+
+    memory: int = 10
+    line_search: bool = True
+    max_backtracks: int = 10
+    armijo: float = 1e-4
+
+    def init(self, problem, x, params):
+        f = problem.residual(x, params)
+        f_flat, _ = ravel_pytree(f)
+        jf_flat, _ = ravel_pytree(_jvp_operator(problem, x, params)(f))
+        denominator = jnp.vdot(jf_flat, jf_flat)
+        gamma = jnp.where(denominator > 0, jnp.vdot(f_flat, jf_flat) / jnp.where(denominator > 0, denominator, 1), -1)
+        zeros = jnp.zeros((self.memory, f_flat.size), f_flat.dtype)
+        return x, _BroydenState(f, zeros, zeros, gamma, jnp.zeros((), jnp.int32))
+
+    def step(self, problem, x, params, state):
+        x_flat, unravel = ravel_pytree(x)
+        f_flat, _ = ravel_pytree(state.residual)
+
+        def inverse_jacobian(w):
+            return state.gamma * w + state.u.T @ (state.v @ w)
+
+        def inverse_jacobian_transpose(w):
+            return state.gamma * w + state.v.T @ (state.u @ w)
+
+        direction = -inverse_jacobian(f_flat)
+        if self.line_search:
+            t = _backtrack(
+                problem, x, unravel(direction), params, jnp.linalg.norm(f_flat), self.max_backtracks, self.armijo
+            )
+            direction = t * direction
+        x_new = unravel(x_flat + direction)
+        residual = problem.residual(x_new, params)
+        y = ravel_pytree(residual)[0] - f_flat
+        hy = inverse_jacobian(y)
+        denominator = jnp.vdot(direction, hy)
+        eps = jnp.finfo(f_flat.dtype).eps
+        update = jnp.abs(denominator) > eps * jnp.linalg.norm(direction) * jnp.linalg.norm(hy)
+        safe_denominator = jnp.where(update, denominator, 1)
+        slot = state.num_updates % self.memory
+        u = state.u.at[slot].set(jnp.where(update, (direction - hy) / safe_denominator, state.u[slot]))
+        v = state.v.at[slot].set(jnp.where(update, inverse_jacobian_transpose(direction), state.v[slot]))
+        num_updates = state.num_updates + update.astype(jnp.int32)
+        return x_new, _BroydenState(residual, u, v, state.gamma, num_updates)
+
+
+class _BisectionState(NamedTuple):
+    residual: Any
+    lower: jax.Array
+    upper: jax.Array
+    lower_sign: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Bisection(IterativeSolver):
+    r"""Bisection for a scalar root in the bracket ``[lower, upper]`` (vectorise with ``vmap``).
+
+    The iterate is the bracket's midpoint; each step halves the bracket keeping a sign change of ``F``. A
+    bracket without a sign change, :math:`F(\mathrm{lower})\,F(\mathrm{upper}) > 0`, cannot be bisected: the
+    iterate stays at the midpoint and the solve ends unconverged (``stats.converged`` false) unless the
+    midpoint happens to be a root. ``x0`` is not used.
+
+    Attributes:
+      lower, upper: the bracket (scalars, or arrays closed over from the caller).
+    """
+
+    lower: Any = None
+    upper: Any = None
+    max_steps: int = 128
+
+    def check_problem(self, problem):
+        if self.lower is None or self.upper is None:
+            raise TypeError("Bisection needs a bracket: Bisection(lower=..., upper=...)")
+
+    def init(self, problem, x, params):
+        if jnp.shape(x) != ():
+            raise TypeError(f"Bisection finds scalar roots; x0 has shape {jnp.shape(x)} (use vmap for many)")
+        lower = jnp.asarray(self.lower, x.dtype)
+        upper = jnp.asarray(self.upper, x.dtype)
+        lower_sign = jnp.sign(problem.residual(lower, params))
+        upper_sign = jnp.sign(problem.residual(upper, params))
+        valid = lower_sign * upper_sign <= 0
+        lower, upper = jnp.where(valid, lower, (lower + upper) / 2), jnp.where(valid, upper, (lower + upper) / 2)
+        mid = (lower + upper) / 2
+        return mid, _BisectionState(problem.residual(mid, params), lower, upper, lower_sign)
+
+    def step(self, problem, x, params, state):
+        mid = (state.lower + state.upper) / 2
+        keep_upper = jnp.sign(state.residual) == state.lower_sign
+        lower = jnp.where(keep_upper, mid, state.lower)
+        upper = jnp.where(keep_upper, state.upper, mid)
+        x = (lower + upper) / 2
+        return x, _BisectionState(problem.residual(x, params), lower, upper, state.lower_sign)

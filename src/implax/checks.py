@@ -9,15 +9,20 @@ from implax.tree import describe
 
 
 def check_arguments(args: tuple, kwargs: dict) -> None:
-    """Raises ``TypeError`` unless every leaf of ``args`` and ``kwargs`` is an array or a number."""
+    """Raises ``TypeError`` unless every leaf of a solver's ``args`` and ``kwargs`` is an array or a number."""
     named = [(f"args[{i}]", a) for i, a in enumerate(args)] + [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
+    check_array_leaves(named, "solver argument")
+
+
+def check_array_leaves(named: list, kind: str) -> None:
+    """Raises ``TypeError`` naming the first leaf, among ``(name, pytree)`` pairs, that is not an array."""
     for where, value in named:
         for path, leaf in jax.tree_util.tree_leaves_with_path(value):
             if not _is_array_like(leaf):
                 raise TypeError(
-                    f"solver argument {where}{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an "
-                    f"array: every leaf of the arguments after init is differentiated and must be an array or "
-                    f"a number. Pass other values by closure or functools.partial instead."
+                    f"{kind} {where}{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an array: "
+                    f"it is differentiated and must be an array or a number. Pass other values by closure "
+                    f"or functools.partial instead."
                 )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from implax.checks import check_arguments, check_same_shapes
+from implax.checks import check_array_leaves, check_same_shapes
 from implax.engine import custom_root
 from implax.failures import FailurePolicy, check_policy, report_failure
 from implax.iterate import iterate, iterate_unrolled
@@ -124,7 +124,7 @@ def _refinement_map(problem, x_star, params, solve):
 def solve_problem(problem, x0, params, solver, diff, on_failure: FailurePolicy, name: str) -> Solution:
     """Checks the inputs, runs ``solver`` under the policy ``diff`` and applies ``on_failure`` to non-convergence."""
     check_policy(on_failure)
-    check_arguments((x0, params), {})
+    check_array_leaves([("x0", x0), ("params", params)], f"{name}:")
     solver.check_problem(problem)
     x_shape = jax.eval_shape(lambda x: x, x0)
     try:

@@ -84,8 +84,9 @@ class _ResidualState(NamedTuple):
 class Newton(IterativeSolver):
     r"""Newton's method :math:`x \leftarrow x - t\, (\partial_x F)^{-1} F(x)` with backtracking on :math:`\|F\|`.
 
-    The Newton system is solved by ``linear_solver``: by default :class:`implax.linear.Auto`, a dense LU of the
-    Jacobian for up to ``dense_max`` unknowns and matrix-free GMRES on Jacobian-vector products above. A
+    The Newton system is solved by ``linear_solver``: by default (``None``) :class:`implax.linear.Auto` with
+    ``on_failure="ignore"`` (the outer residual judges the step), a dense LU of the Jacobian for up to 256
+    unknowns and matrix-free GMRES on Jacobian-vector products above. A
     singular Jacobian makes the step non-finite, which stops the solve with ``stats.nonfinite`` set.
 
     Attributes:
@@ -95,7 +96,7 @@ class Newton(IterativeSolver):
       max_backtracks: halvings tried per step.
     """
 
-    linear_solver: Any = linear.Auto(on_failure="ignore")
+    linear_solver: Any = None
     line_search: bool = True
     max_backtracks: int = 20
     armijo: float = 1e-4
@@ -104,7 +105,8 @@ class Newton(IterativeSolver):
         return x, _ResidualState(problem.residual(x, params))
 
     def step(self, problem, x, params, state):
-        dx = solve_linear(_jvp_operator(problem, x, params), tree_scale(-1, state.residual), self.linear_solver)
+        linear_solver = linear.Auto(on_failure="ignore") if self.linear_solver is None else self.linear_solver
+        dx = solve_linear(_jvp_operator(problem, x, params), tree_scale(-1, state.residual), linear_solver)
         if self.line_search:
             t = _backtrack(problem, x, dx, params, tree_norm(state.residual), self.max_backtracks, self.armijo)
             dx = tree_scale(t, dx)

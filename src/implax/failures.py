@@ -1,8 +1,9 @@
 """What happens when a solve fails: warn, raise, return NaN, or leave it to the caller.
 
 A failure is detected inside traced code, so it is reported with a host callback that runs when the
-computation runs (under ``jit`` and ``vmap`` too). Under ``vmap`` the flag is per element: the ``"nan"`` policy
-replaces only the failing elements, and the others are returned unchanged.
+computation runs (under ``jit`` and ``vmap`` too; under ``vmap`` the callback runs once for the whole batch and
+reports how many elements failed). The flag is per element: the ``"nan"`` policy replaces only the failing
+elements, and the others are returned unchanged.
 """
 
 from __future__ import annotations
@@ -57,16 +58,38 @@ def report_failure(ok: jax.Array, value, message: str, policy: FailurePolicy, **
     names = tuple(diagnostics)
 
     def host_report(ok_host, *values):
-        if bool(np.all(ok_host)):
+        failed = ~np.asarray(ok_host, dtype=bool)
+        if not failed.any():
             return
-        details = ", ".join(f"{n}={np.asarray(v)!r}" for n, v in zip(names, values))
-        text = f"{message} failed ({details})"
+        where = f"{failed.sum()} of {failed.size} batch elements, " if failed.size > 1 else ""
+        details = ", ".join(
+            f"{n}={np.asarray(v)[failed] if failed.ndim else np.asarray(v)!r}" for n, v in zip(names, values)
+        )
+        text = f"{message} failed ({where}{details})"
         if policy == "raise":
             raise SolveFailureError(text)
         warnings.warn(text, SolveFailureWarning, stacklevel=2)
 
-    jax.debug.callback(host_report, ok, *diagnostics.values())
+    _batched_callback(host_report)(ok, *(jax.lax.stop_gradient(v) for v in diagnostics.values()))
     return value
+
+
+def _batched_callback(host_fn):
+    """``jax.debug.callback(host_fn, ...)`` that ``vmap`` calls once with the whole batch, not once per element."""
+
+    @jax.custom_batching.custom_vmap
+    def emit(*args):
+        jax.debug.callback(host_fn, *args)
+        return args[0]
+
+    @emit.def_vmap
+    def emit_batched(axis_size, in_batched, *args):
+        args = [
+            a if batched else jnp.broadcast_to(a, (axis_size, *jnp.shape(a))) for a, batched in zip(args, in_batched)
+        ]
+        return emit(*args), True
+
+    return emit
 
 
 def _nan_where_failed(ok, v):

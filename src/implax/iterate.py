@@ -57,7 +57,8 @@ class FixedPointProblem:
         return tree_norm(x)
 
 
-@dataclasses.dataclass(frozen=True)
+# Keyword-only, so that a solver's own fields come first: ``Bisection(lower, upper)``, ``Anderson(history)``.
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class IterativeSolver:
     """Configuration shared by the iterative solvers.
 

@@ -210,7 +210,7 @@ class Bisection(IterativeSolver):
 
     lower: Any = None
     upper: Any = None
-    max_steps: int = 128
+    max_steps: int = dataclasses.field(default=128, kw_only=True)
 
     def check_problem(self, problem):
         if self.lower is None or self.upper is None:

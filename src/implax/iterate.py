@@ -136,7 +136,8 @@ def _finish(solver, problem, carry, initial_residual):
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
     rtol, atol = solver.tolerances(x)
-    converged = residual <= atol + rtol * problem.scale(x, initial_residual)
+    # A residual that overflowed is not small, even when the scale ‖x‖ overflowed with it (inf <= inf).
+    converged = jnp.isfinite(residual) & (residual <= atol + rtol * problem.scale(x, initial_residual))
     stats = Stats(
         num_steps=carry.num_steps,
         residual=residual,

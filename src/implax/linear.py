@@ -165,8 +165,10 @@ class GMRES(LinearSolver):
 
     def solve(self, matvec, b, rtol):
         restart = min(self.restart, tree_size(b))
+        # "incremental" (Givens rotations): "batched" solves its least-squares problem by the normal equations,
+        # which square the condition number, and returns NaN for float32 systems of condition number ~1e6.
         x, _ = jsp.sparse.linalg.gmres(
-            matvec, b, tol=rtol, atol=self.atol, restart=restart, maxiter=self._maxiter(b), solve_method="batched"
+            matvec, b, tol=rtol, atol=self.atol, restart=restart, maxiter=self._maxiter(b), solve_method="incremental"
         )
         return x
 

@@ -56,11 +56,19 @@ class Implicit:
     solve: Any = None
 
     def __call__(self, solver, problem, x0, params):
-        @custom_root(problem.residual, solve=self.solve, has_aux=True)
+        @custom_root(_optimality_fn(problem), solve=self.solve, has_aux=True)
         def run(x0, params):
             return iterate(solver, problem, x0, params)
 
         return run(x0, params)
+
+
+def _optimality_fn(problem):
+    """``F`` for a root; ``x − T(x)`` for a fixed point, whose Jacobian ``I − ∂ₓT`` a Neumann series inverts when
+    ``T`` is a contraction (the solvers' residual ``T(x) − x`` has the Jacobian ``∂ₓT − I``, on which it diverges)."""
+    if problem.is_fixed_point:
+        return lambda x, params: tree_sub(x, problem.fn(x, params))
+    return problem.fn
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,12 +80,13 @@ def custom_root(optimality_fn: Callable, solve=None, has_aux: bool = False) -> C
 def custom_fixed_point(fixed_point_fn: Callable, solve=None, has_aux: bool = False) -> Callable[[Callable], Callable]:
     r"""Like :func:`custom_root` for a solver of ``x = T(x, *args, **kwargs)``.
 
-    The optimality function is :math:`F(x, \theta) = T(x, \theta) - x`, so the linear system is
-    :math:`(I - \partial_x T)\, \dot x = \partial_\theta T\, \dot\theta`.
+    The optimality function is :math:`F(x, \theta) = x - T(x, \theta)`, so the linear system is
+    :math:`(I - \partial_x T)\, \dot x = \partial_\theta T\, \dot\theta`, the form a Neumann series solves
+    when :math:`T` is a contraction.
     """
 
     def optimality_fn(x, *args, **kwargs):
-        return jax.tree.map(jnp.subtract, fixed_point_fn(x, *args, **kwargs), x)
+        return jax.tree.map(jnp.subtract, x, fixed_point_fn(x, *args, **kwargs))
 
     return custom_root(optimality_fn, solve=solve, has_aux=has_aux)
 

@@ -1,0 +1,188 @@
+"""Every linear solver of implax.linear, inside the engine and on its own, against dense NumPy solves."""
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import implax
+from implax import linear
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from jaxopt.linear_solve import solve_cg, solve_gmres
+
+
+def orthogonal(n, seed):
+    return np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))[0]
+
+
+def near_identity(n, seed, radius):
+    r""":math:`I + E` with :math:`\|E\|_2 = ` ``radius``: nonsymmetric, and a Neumann series converges on it."""
+    perturbation = np.random.default_rng(seed).normal(size=(n, n))
+    return np.eye(n) + radius * perturbation / np.linalg.norm(perturbation, 2)
+
+
+N = 4
+NONSYMMETRIC = near_identity(N, seed=0, radius=0.3)
+X = np.random.default_rng(1).normal(size=(7, N))
+Y = np.random.default_rng(2).normal(size=7)
+LAM = np.array([0.3, 1.0, 2.0, 0.5])
+
+GENERAL_SOLVERS = [
+    linear.LU(),
+    linear.GMRES(),
+    linear.BiCGSTAB(),
+    linear.NormalCG(),
+    linear.Neumann(),
+    linear.Auto(),
+    linear.Auto(dense_max=0),
+    solve_gmres,
+]
+SYMMETRIC_SOLVERS = [
+    linear.CG(),
+    linear.Cholesky(),
+    linear.Auto(positive_definite=True),
+    linear.Auto(positive_definite=True, dense_max=0),
+    linear.Auto(symmetric=True),
+    linear.Custom(fn=solve_cg),
+]
+
+
+def solver_id(solve):
+    """``Auto(dense_max=0)``: the class and the fields that differ from their defaults."""
+    if not dataclasses.is_dataclass(solve):
+        return solve.__name__
+    fields = [(f.name, getattr(solve, f.name), f.default) for f in dataclasses.fields(solve)]
+    changed = ", ".join(
+        f"{name}={getattr(value, '__name__', value)}" for name, value, default in fields if value != default
+    )
+    return f"{type(solve).__name__}({changed})"
+
+
+def uses_jaxopt(solve):
+    """JAXopt's solvers stop at their own tolerance, 1e-5, and Custom accepts a residual of 1e-3."""
+    return solve is solve_gmres or isinstance(solve, linear.Custom)
+
+
+def linear_optimality(x, A, b):
+    return A @ x - b
+
+
+def dense_solve(init, A, b):
+    return jnp.linalg.solve(*jax.lax.stop_gradient((A, b)))
+
+
+def ridge_optimality(w, lam, y):
+    r"""Gradient of :math:`\tfrac12\|Xw - y\|^2 + \tfrac12\sum_j \lambda_j w_j^2`: its Jacobian is SPD."""
+    return X.T @ (X @ w - y) + lam * w
+
+
+def ridge_solve(init, lam, y):
+    lam, y = jax.lax.stop_gradient((lam, y))
+    return jnp.linalg.solve(X.T @ X + jnp.diag(lam), X.T @ y)
+
+
+@pytest.mark.parametrize("solve", GENERAL_SOLVERS, ids=solver_id)
+def test_gradient_with_general_solver(solve, rng):
+    """Reverse mode hands the solver the transposed system, which differs from the original here."""
+    solver = implax.custom_root(linear_optimality, solve=solve)(dense_solve)
+    b, c = rng.normal(size=N), rng.normal(size=N)
+
+    grad_A, grad_b = jax.jit(jax.grad(lambda A, b: c @ solver(jnp.zeros(N), A, b), argnums=(0, 1)))(NONSYMMETRIC, b)
+
+    adjoint = np.linalg.solve(NONSYMMETRIC.T, c)
+    rtol = 1e-4 if uses_jaxopt(solve) else 1e-8
+    assert_allclose(grad_b, adjoint, rtol=rtol)
+    assert_allclose(grad_A, -np.outer(adjoint, np.linalg.solve(NONSYMMETRIC, b)), rtol=rtol)
+
+
+@pytest.mark.parametrize("solve", SYMMETRIC_SOLVERS, ids=solver_id)
+def test_gradient_with_symmetric_solver(solve, rng):
+    solver = implax.custom_root(ridge_optimality, solve=solve)(ridge_solve)
+    c = rng.normal(size=N)
+
+    grad_lam, grad_y = jax.jit(jax.grad(lambda lam, y: c @ solver(jnp.zeros(N), lam, y), argnums=(0, 1)))(LAM, Y)
+
+    hessian = X.T @ X + np.diag(LAM)
+    adjoint = np.linalg.solve(hessian, c)
+    rtol = 1e-4 if uses_jaxopt(solve) else 1e-8
+    assert_allclose(grad_lam, -np.linalg.solve(hessian, X.T @ Y) * adjoint, rtol=rtol)
+    assert_allclose(grad_y, X @ adjoint, rtol=rtol)
+
+
+def test_neumann_on_contractive_fixed_point(rng):
+    contraction = 0.6 * orthogonal(3, seed=3)
+    theta, c = rng.normal(size=3), rng.normal(size=3)
+
+    def affine_map(x, M, theta):
+        return M @ x + theta
+
+    @implax.custom_fixed_point(affine_map, solve=linear.Neumann())
+    def iterate(init, M, theta):
+        M, theta = jax.lax.stop_gradient((M, theta))
+        return jax.lax.fori_loop(0, 200, lambda _, x: affine_map(x, M, theta), init)
+
+    loss = jax.jit(jax.grad(lambda M, theta: c @ iterate(jnp.zeros(3), M, theta), argnums=(0, 1)))
+    grad_M, grad_theta = loss(contraction, theta)
+
+    resolvent = np.eye(3) - contraction
+    adjoint = np.linalg.solve(resolvent.T, c)
+    assert_allclose(grad_theta, adjoint, rtol=1e-8)
+    assert_allclose(grad_M, np.outer(adjoint, np.linalg.solve(resolvent, theta)), rtol=1e-8)
+
+
+def flatten(tree):
+    return jnp.concatenate([tree["u"], tree["v"].ravel()])
+
+
+def unflatten(flat):
+    return {"u": flat[:3], "v": flat[3:].reshape(2, 2)}
+
+
+SPD_7 = orthogonal(7, seed=4) @ np.diag(np.linspace(0.6, 1.4, 7)) @ orthogonal(7, seed=4).T
+NONSYMMETRIC_7 = near_identity(7, seed=5, radius=0.4)
+FLOAT32_SOLVERS = (linear.CG, linear.GMRES, linear.BiCGSTAB, linear.NormalCG, linear.Neumann)
+STANDALONE_CASES = [
+    pytest.param(solve, matrix, dtype, id=f"{np.dtype(dtype).name}-{solver_id(solve)}")
+    for solvers, matrix in [(GENERAL_SOLVERS, NONSYMMETRIC_7), (SYMMETRIC_SOLVERS, SPD_7)]
+    for solve in solvers
+    # Auto(dense_max=0) is GMRES, already here: skipping it saves a long compilation.
+    if isinstance(solve, linear.LinearSolver) and solve != linear.Auto(dense_max=0)
+    for dtype in [np.float64, np.float32]
+    if dtype == np.float64 or type(solve) in FLOAT32_SOLVERS
+]
+
+
+@pytest.mark.parametrize(("solve", "matrix", "dtype"), STANDALONE_CASES)
+def test_standalone_solve_on_pytree(solve, matrix, dtype, tol, rng):
+    """``solve(matvec, b)`` as forward mode calls it; float32 for the iterative methods, whose tolerance is dtype's."""
+    b = unflatten(jnp.asarray(rng.normal(size=7), dtype))
+    matrix_d = jnp.asarray(matrix, dtype)
+
+    def matvec(v):
+        return unflatten(matrix_d @ flatten(v))
+
+    solve_system = jax.jit(lambda b: solve(matvec, b))
+    x = solve_system(b)
+    x_of_zero = solve_system(jax.tree.map(jnp.zeros_like, b))
+
+    assert x["v"].shape == (2, 2) and x["u"].dtype == dtype and x["v"].dtype == dtype
+    expected = np.linalg.solve(matrix, np.asarray(flatten(b), np.float64))
+    assert_allclose(flatten(x), expected, **(dict(rtol=1e-4, atol=1e-6) if uses_jaxopt(solve) else tol))
+    assert_allclose(flatten(x_of_zero), np.zeros(7))
+
+
+def test_auto_chooses_from_size_and_structure():
+    small, large = jnp.ones(4), {"u": jnp.ones(3), "v": jnp.ones(2)}
+
+    assert type(linear.Auto().choose(small)) is linear.LU
+    assert type(linear.Auto(positive_definite=True).choose(small)) is linear.Cholesky
+    assert type(linear.Auto(dense_max=4).choose(large)) is linear.GMRES
+    assert type(linear.Auto(positive_definite=True, dense_max=4).choose(large)) is linear.CG
+    assert linear.Auto(positive_definite=True).symmetric
+    assert linear.Auto(rtol=1e-3, on_failure="nan").choose(small) == linear.LU(rtol=1e-3, on_failure="nan")

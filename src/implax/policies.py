@@ -134,6 +134,7 @@ def solve_problem(problem, x0, params, solver, diff, on_failure: FailurePolicy, 
     check_policy(on_failure)
     check_array_leaves([("x0", x0), ("params", params)], f"{name}:")
     solver.check_problem(problem)
+    x0 = jax.tree.map(lambda v: jnp.asarray(v, dtype=_inexact(v)), x0)
     x_shape = jax.eval_shape(lambda x: x, x0)
     try:
         residual_shape = jax.eval_shape(problem.fn, x0, params)
@@ -143,7 +144,7 @@ def solve_problem(problem, x0, params, solver, diff, on_failure: FailurePolicy, 
             f"{describe(params)} failed: {type(error).__name__}: {error}"
         ) from error
     check_same_shapes(residual_shape, x_shape, f"{name}'s function")
-    x0 = jax.tree.map(lambda v: jnp.asarray(v, dtype=_inexact(v)), x0)
+    _check_same_dtypes(residual_shape, x_shape, name)
     x, stats = (Implicit() if diff is None else diff)(solver, problem, x0, params)
     x = report_failure(
         stats.converged,
@@ -154,6 +155,16 @@ def solve_problem(problem, x0, params, solver, diff, on_failure: FailurePolicy, 
         num_steps=stats.num_steps,
     )
     return Solution(value=x, stats=stats)
+
+
+def _check_same_dtypes(residual_shape, x_shape, name):
+    # The solvers add the function's output to x inside a loop, which fails obscurely on a dtype mismatch.
+    if any(r.dtype != s.dtype for r, s in zip(jax.tree.leaves(residual_shape), jax.tree.leaves(x_shape))):
+        raise TypeError(
+            f"{name}'s function must return the dtypes of the solution x; x is {describe(x_shape)} but the "
+            f"function returned {describe(residual_shape)}. Cast its constants to x's dtype (a float64 constant "
+            f"promotes a float32 x), or pass x0 in the dtype the function returns."
+        )
 
 
 def _inexact(v):

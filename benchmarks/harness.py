@@ -1,0 +1,209 @@
+"""Measurement and reporting shared by the benchmarks.
+
+A benchmark is a module of this package with a function ``rows(quick: bool) -> Iterator[Row]``; the runner
+(:mod:`benchmarks.run`) finds it, times nothing itself and formats what it yields. Each row is measured by
+:func:`measure`:
+
+- **compile**: wall time of ``jax.jit(fn).lower(*args).compile()`` — tracing, lowering and XLA compilation;
+- **run**: median wall time of calls of the compiled executable after one warm-up call, each ended by
+  ``block_until_ready``; the methods of one problem are called in interleaved rounds, so background load
+  affects them alike; **spread** is the interquartile range of those times over their median;
+- **memory**: from the compiled executable's ``memory_analysis()``, arguments + outputs + temporaries − aliased
+  bytes, i.e. what XLA allocates for one call. It is deterministic and the same for every library, unlike
+  process RSS, and it does not count host-side copies or the Python heap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+from tqdm import tqdm
+
+__all__ = ["Measurement", "Row", "machine", "markdown_table", "measure", "text_table"]
+
+
+@dataclasses.dataclass
+class Measurement:
+    """What :func:`measure` returns: timings in seconds, memory in bytes, the first call's output, and the
+    interquartile range of the run times divided by their median (NaN where unknown)."""
+
+    compile_s: float
+    run_s: float
+    repeats: int
+    memory_bytes: int
+    temp_bytes: int
+    output: object
+    spread: float = math.nan
+
+
+@dataclasses.dataclass
+class Row:
+    """One method on one problem.
+
+    Attributes:
+      case: the problem, e.g. ``"n=2000 p=500 float64"``; ratios are taken within a case.
+      method: what was run, e.g. ``"implax CG"``.
+      measurement: from :func:`measure`, or ``None`` for a row that only reports ``note``.
+      error: relative error of the row's result against the benchmark's reference value.
+      note: anything needed to read the row (solver, tolerance, iterations).
+    """
+
+    case: str
+    method: str
+    measurement: Measurement | None
+    error: float | None = None
+    note: str = ""
+
+
+def measure(
+    fns: dict[str, Callable],
+    *args,
+    check: Callable[[str, object], None] | None = None,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+    budget_s: float = 5.0,
+) -> dict[str, Measurement]:
+    """Compiles each ``jax.jit(fn)`` for ``args``, calls it once, then times all of them.
+
+    Timing is interleaved: each round calls every executable once, in turn, so that a change in the machine's
+    background load affects all methods alike and their ratios stay meaningful. Rounds continue until
+    ``max_rounds``, or until at least ``min_rounds`` rounds took ``budget_s`` seconds in all.
+
+    Args:
+      fns: functions by name, all taking ``args``.
+      check: called as ``check(name, output)`` with each function's first output, before any timing, to
+        assert the methods agree.
+
+    Returns:
+      A :class:`Measurement` per name.
+    """
+    compiled, compile_s, outputs = {}, {}, {}
+    for name, fn in tqdm(fns.items(), desc="compile", leave=False, file=sys.stderr):
+        start = time.perf_counter()
+        compiled[name] = jax.jit(fn).lower(*args).compile()
+        compile_s[name] = time.perf_counter() - start
+        outputs[name] = jax.block_until_ready(compiled[name](*args))
+        if check is not None:
+            check(name, outputs[name])
+
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    with tqdm(desc="timing", unit="round", leave=False, file=sys.stderr) as bar:
+        for rounds in itertools.count(1):
+            for name, executable in compiled.items():
+                tick = time.perf_counter()
+                jax.block_until_ready(executable(*args))
+                times[name].append(time.perf_counter() - tick)
+            bar.update()
+            if rounds >= max_rounds or (rounds >= min_rounds and time.perf_counter() - start >= budget_s):
+                break
+
+    results = {}
+    for name, executable in compiled.items():
+        memory = executable.memory_analysis()
+        total = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+        )
+        median = statistics.median(times[name])
+        quartiles = statistics.quantiles(times[name], n=4)
+        results[name] = Measurement(
+            compile_s[name],
+            median,
+            len(times[name]),
+            total,
+            memory.temp_size_in_bytes,
+            outputs[name],
+            (quartiles[2] - quartiles[0]) / median,
+        )
+    return results
+
+
+def machine() -> dict[str, str]:
+    """The machine and software the numbers were measured on."""
+    import jaxlib
+
+    return {
+        "CPU": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": f"{jax.default_backend()} ({len(jax.devices())} device)",
+        "python": platform.python_version(),
+        "OS": platform.platform(),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "unset"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _columns(rows: Sequence[Row], baselines: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["case", "method", "compile (s)", "run (ms)", "spread"]
+    header += [f"× {b}" for b in baselines]
+    header += ["rel. error", "memory (MB)", "temp (MB)", "note"]
+    base_times = {
+        (r.case, r.method): r.measurement.run_s for r in rows if r.method in baselines and r.measurement is not None
+    }
+    body = []
+    for r in rows:
+        m = r.measurement
+        line = [r.case, r.method]
+        line += [_number(m.compile_s, ".2f"), _ms(m.run_s), _number(100 * m.spread, ".0f", "%")] if m else ["", "", ""]
+        for b in baselines:
+            base = base_times.get((r.case, b))
+            line.append(f"{m.run_s / base:.2f}" if m and base else "")
+        line.append("" if r.error is None else f"{r.error:.1e}")
+        line += [_number(m.memory_bytes / 1e6, ".1f"), _number(m.temp_bytes / 1e6, ".1f")] if m else ["", ""]
+        line.append(r.note)
+        body.append(line)
+    return header, body
+
+
+def _number(value: float, spec: str, unit: str = "") -> str:
+    return "" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def markdown_table(rows: Sequence[Row], baselines: Sequence[str]) -> str:
+    """A Markdown table of ``rows``, with one ratio column per baseline method (run time ÷ the baseline's)."""
+    header, body = _columns(rows, baselines)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def text_table(rows: Sequence[Row], baselines: Sequence[str]) -> str:
+    """The same table aligned for a terminal, without the notes."""
+    header, body = _columns(rows, baselines)
+    header, body = header[:-1], [line[:-1] for line in body]
+    widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in body]
+    return "\n".join(lines)

@@ -91,8 +91,9 @@ class FixedPointIteration(_FixedPointSolver):
 
 class _AndersonState(NamedTuple):
     residual: Any
-    iterates: jax.Array
     images: jax.Array
+    residuals: jax.Array
+    gram: jax.Array
     count: jax.Array
 
 
@@ -100,8 +101,8 @@ class _AndersonState(NamedTuple):
 class Anderson(_FixedPointSolver):
     r"""Anderson acceleration (type II) with a regularization scaled to the problem.
 
-    Keeps the last ``history`` iterates :math:`x_i` and images :math:`g_i = T(x_i)`, with residuals
-    :math:`f_i = g_i - x_i`, and mixes them with the weights
+    Keeps the images :math:`g_i = T(x_i)` and residuals :math:`f_i = g_i - x_i` of the last ``history``
+    iterates :math:`x_i`, and mixes them with the weights
 
     .. math::
 
@@ -113,7 +114,7 @@ class Anderson(_FixedPointSolver):
     :math:`f_i^\top f_j`, so it is invariant to the scale of the problem (an absolute ridge such as 1e-4
     dominates the Gram matrix near convergence and slows the method to a crawl). If the small system is
     singular despite it, or the mixed iterate is not finite, the step falls back to damped fixed-point
-    iteration.
+    iteration. The Gram matrix is updated by one row per step (``m`` inner products), not recomputed.
 
     Attributes:
       history: ``m``, the number of iterates mixed.
@@ -136,28 +137,35 @@ class Anderson(_FixedPointSolver):
         residual = problem.residual(x, params)
         x_flat, _ = ravel_pytree(x)
         history = jnp.zeros((self.history, x_flat.size), x_flat.dtype)
-        return x, _AndersonState(residual, history, history, jnp.zeros((), jnp.int32))
+        gram = jnp.zeros((self.history, self.history), x_flat.dtype)
+        return x, _AndersonState(residual, history, history, gram, jnp.zeros((), jnp.int32))
 
     def step(self, problem, x, params, state):
         x_flat, unravel = ravel_pytree(x)
-        image = x_flat + ravel_pytree(state.residual)[0]
+        residual = ravel_pytree(state.residual)[0]
         slot = state.count % self.history
-        iterates = state.iterates.at[slot].set(x_flat)
-        images = state.images.at[slot].set(image)
+        images = state.images.at[slot].set(x_flat + residual)
+        residuals = state.residuals.at[slot].set(residual)
+        row = residuals @ residual
+        gram = state.gram.at[slot].set(row).at[:, slot].set(row)
         valid = jnp.arange(self.history) < jnp.minimum(state.count + 1, self.history)
-        weights = _mixing_weights(jnp.where(valid[:, None], images - iterates, 0), valid, self.ridge)
-        mixed = self.mixing * (weights @ images) + (1 - self.mixing) * (weights @ iterates)
-        fallback = x_flat + self.mixing * (image - x_flat)
+        weights = _mixing_weights(gram, valid, self.ridge)
+        # With x_i = g_i − f_i: β Σ αᵢ gᵢ + (1 − β) Σ αᵢ xᵢ = Σ αᵢ gᵢ − (1 − β) Σ αᵢ fᵢ.
+        mixed = weights @ images
+        if self.mixing != 1:
+            mixed = mixed - (1 - self.mixing) * (weights @ residuals)
+        fallback = x_flat + self.mixing * residual
         x_new = unravel(jnp.where(jnp.all(jnp.isfinite(mixed)), mixed, fallback))
-        return x_new, _AndersonState(problem.residual(x_new, params), iterates, images, state.count + 1)
+        return x_new, _AndersonState(problem.residual(x_new, params), images, residuals, gram, state.count + 1)
 
 
-def _mixing_weights(residuals, valid, ridge):
-    r"""Solves the bordered system of :math:`\min \|R^\top\alpha\|^2 + \lambda\|\alpha\|^2` s.t.
-    :math:`\mathbf 1^\top \alpha = 1`, over the valid rows of ``residuals`` (the others get weight 0)."""
+def _mixing_weights(gram, valid, ridge):
+    r"""Solves the bordered system of :math:`\min \alpha^\top G \alpha + \lambda\|\alpha\|^2` s.t.
+    :math:`\mathbf 1^\top \alpha = 1`, over the valid rows and columns of the Gram matrix ``gram`` (the others
+    get weight 0)."""
     m = valid.shape[0]
-    gram = residuals @ residuals.T
     both_valid = valid[:, None] & valid[None, :]
+    gram = jnp.where(both_valid, gram, 0)
     mean_diagonal = jnp.trace(gram) / jnp.maximum(jnp.sum(valid), 1)
     tiny = jnp.finfo(gram.dtype).tiny
     regularized = gram + (ridge * mean_diagonal + tiny) * jnp.eye(m, dtype=gram.dtype)

@@ -50,6 +50,7 @@ def _scipy_root(results: dict) -> str:
 EXAMPLES = (
     Example("brachistochrone", ("--steps", "60"), _brachistochrone),
     Example("scipy_root", ("--n", "20", "--grid", "8"), _scipy_root),
+    Example("fixed_point_layer", ("--quick",), lambda results: results["summary"]),
 )
 
 

@@ -82,4 +82,5 @@ def test_run_all_reports_every_example_and_fails_on_a_failure(tmp_path, monkeypa
 
 def test_run_all_quick(tmp_path):
     assert run_all.main(["--quick", "--figure-dir", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["brachistochrone.png", "scipy_root.png"]
+    figures = ["brachistochrone.png", "fixed_point_layer.png", "scipy_root.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == figures

@@ -517,13 +517,8 @@ def test_matrix_free_newton_on_badly_scaled_float32():
     np.testing.assert_allclose(sol.value, _reference(problem)[0], rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the default atol is absolute: 1e-5 in float32")
 def test_small_residual_scale_does_not_converge_at_x0():
-    """``1e-6 · (x³ + x − θ)`` has the roots of ``x³ + x − θ``; its small scale must not make x0 look converged.
-
-    Fails today: with the default ``atol`` (1e-5 in float32) the stopping rule ``‖F‖ ≤ atol + rtol ‖F(x0)‖``
-    accepts x0 = 0, whose residual is ~1e-6, and reports ``converged`` with an error of 100%.
-    """
+    """``1e-6 · (x³ + x − θ)`` has the roots of ``x³ + x − θ``; its small scale must not make x0 look converged."""
     theta = jnp.array([0.5, -2.0, 3.0], jnp.float32)
     sol = implax.root(lambda x, t: 1e-6 * (x**3 + x - t), jnp.zeros(3, jnp.float32), theta)
     assert not sol.stats.converged or np.allclose(sol.value, _cubic_root(np.asarray(theta)), rtol=1e-4)

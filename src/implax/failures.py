@@ -26,8 +26,9 @@ class SolveFailureWarning(RuntimeWarning):
 class SolveFailureError(RuntimeError):
     """A solve did not reach its tolerance and the caller asked for an error.
 
-    Under ``jax.jit`` the error surfaces as the runtime error of the computation, whose message contains this
-    one.
+    A failure detected inside compiled code (always so for backward solves, and for everything under
+    ``jax.jit``) surfaces as the runtime error of the computation (``jax.errors.JaxRuntimeError``),
+    whose message contains this one.
     """
 
 
@@ -70,7 +71,11 @@ def report_failure(ok: jax.Array, value, message: str, policy: FailurePolicy, **
             raise SolveFailureError(text)
         warnings.warn(text, SolveFailureWarning, stacklevel=2)
 
-    _batched_callback(host_report)(ok, *(jax.lax.stop_gradient(v) for v in diagnostics.values()))
+    values = [jax.lax.stop_gradient(v) for v in diagnostics.values()]
+    if isinstance(ok, jax.core.Tracer):
+        _batched_callback(host_report)(ok, *values)
+    else:
+        host_report(ok, *values)
     return value
 
 
@@ -78,9 +83,10 @@ def _batched_callback(host_fn):
     """``jax.debug.callback(host_fn, ...)`` that ``vmap`` calls once with the whole batch, not once per element."""
 
     @jax.custom_batching.custom_vmap
-    def emit(*args):
-        jax.debug.callback(host_fn, *args)
-        return args[0]
+    def emit(ok, *args):
+        # The host round trip costs more than a small solve: make it only when something failed.
+        jax.lax.cond(jnp.all(ok), lambda: None, lambda: jax.debug.callback(host_fn, ok, *args))
+        return ok
 
     @emit.def_vmap
     def emit_batched(axis_size, in_batched, *args):

@@ -5,7 +5,9 @@ residual :math:`r(x, \theta)` (``F``, or ``T(x) − x``) whose norm decides conv
 
 .. math:: \|r(x_k, \theta)\| \le \mathrm{atol} + \mathrm{rtol} \cdot s ,
 
-with :math:`s = \|r(x_0, \theta)\|` for a root and :math:`s = \|x_k\|` for a fixed point.
+with :math:`s = \|r(x_0, \theta)\|` for a root and :math:`s = \max(\|x_k\|, \|r(x_0, \theta)\|)` for a fixed
+point. ``atol`` is 0 by default, so the rule is invariant to the scale of the problem: an absolute default
+would declare a problem scaled down by 1e-6 solved at its initial guess.
 
 A solver is an immutable configuration with ``init(problem, x0, params) -> (x, state)`` and
 ``step(problem, x, params, state) -> (x, state)``; every state has a ``residual`` field holding
@@ -54,7 +56,7 @@ class FixedPointProblem:
         return tree_sub(self.fn(x, params), x)
 
     def scale(self, x, initial_residual_norm):
-        return tree_norm(x)
+        return jnp.maximum(tree_norm(x), initial_residual_norm)
 
 
 # Keyword-only, so that a solver's own fields come first: ``Bisection(lower, upper)``, ``Anderson(history)``.
@@ -63,14 +65,15 @@ class IterativeSolver:
     """Configuration shared by the iterative solvers.
 
     Attributes:
-      rtol, atol: tolerances of the stopping rule (module documentation); ``None`` picks 1e-10 in float64 and
+      rtol: relative tolerance of the stopping rule (module documentation); ``None`` picks 1e-10 in float64 and
         1e-5 in float32.
+      atol: absolute tolerance of the stopping rule.
       max_steps: iteration budget.
       keep_best: return the iterate with the smallest residual seen rather than the last one.
     """
 
     rtol: float | None = None
-    atol: float | None = None
+    atol: float = 0.0
     max_steps: int = 256
     keep_best: bool = False
 
@@ -91,7 +94,7 @@ class IterativeSolver:
         leaves = jax.tree.leaves(x)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
         tol = default_rtol(dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32)
-        return (tol if self.rtol is None else self.rtol, tol if self.atol is None else self.atol)
+        return (tol if self.rtol is None else self.rtol, self.atol)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,7 @@ class _Carry:
     residual: jax.Array
     num_steps: jax.Array
     best_x: Any
-    best_residual: jax.Array
+    best_residual: jax.Array | None
 
 
 jax.tree_util.register_dataclass(
@@ -113,15 +116,19 @@ def _start(solver, problem, x0, params):
     x, state = solver.init(problem, x0, params)
     residual = tree_norm(state.residual)
     zero = jnp.zeros((), jnp.int32)
-    return _Carry(x, state, residual, zero, x, residual), residual
+    # Without keep_best the best iterate is not tracked (None is an empty pytree): it costs compile time.
+    best_x, best_residual = (x, residual) if solver.keep_best else (None, None)
+    return _Carry(x, state, residual, zero, best_x, best_residual), residual
 
 
 def _advance(solver, problem, params, carry):
     x, state = solver.step(problem, carry.x, params, carry.state)
     residual = tree_norm(state.residual)
-    better = residual < carry.best_residual
-    best_x = jax.tree.map(lambda new, old: jnp.where(better, new, old), x, carry.best_x)
-    best_residual = jnp.where(better, residual, carry.best_residual)
+    best_x, best_residual = carry.best_x, carry.best_residual
+    if solver.keep_best:
+        better = residual < best_residual
+        best_x = jax.tree.map(lambda new, old: jnp.where(better, new, old), x, best_x)
+        best_residual = jnp.where(better, residual, best_residual)
     return _Carry(x, state, residual, carry.num_steps + 1, best_x, best_residual)
 
 

@@ -7,8 +7,9 @@ the solution's structure.
 
 Every solver here is a callable ``solver(matvec, b) -> x`` (the calling convention of
 ``jaxopt.linear_solve``, so JAXopt's solvers and ours are interchangeable) and checks its answer: after solving
-it computes the true relative residual :math:`\|A x - b\| / \|b\|` and, when that exceeds
-``10 · rtol`` (plus ``atol``) or is not finite, applies its ``on_failure`` policy — ``"warn"`` (default),
+it computes the true relative residual :math:`\|A x - b\| / \|b\|` (for the dense factorizations, the normwise
+backward error :math:`\|A x - b\| / (\|A\| \|x\| + \|b\|)`) and, when that exceeds ``10 · rtol`` (plus ``atol``)
+or is not finite, applies its ``on_failure`` policy — ``"warn"`` (default),
 ``"raise"``, ``"nan"`` or ``"ignore"`` (see :mod:`implax.failures`). The factor 10 absorbs the gap between the
 residual that Krylov methods track by recurrence and the true one.
 
@@ -101,44 +102,62 @@ class LinearSolver:
 def check_residual(matvec, b, x, rtol, atol, on_failure, name):
     """Applies ``on_failure`` unless ``‖A x − b‖ ≤ 10 (rtol ‖b‖ + atol)``."""
     residual = tree_norm(tree_sub(matvec(x), b))
-    b_norm = tree_norm(b)
-    ok = jnp.isfinite(residual) & (residual <= CHECK_FACTOR * (rtol * b_norm + atol))
-    relative = residual / jnp.where(b_norm > 0, b_norm, 1.0)
-    return report_failure(ok, x, f"implax.linear.{name}", on_failure, relative_residual=relative)
+    return _judge(x, residual, tree_norm(b), rtol, atol, on_failure, name, "relative_residual")
 
 
-def _dense_matrix(matvec, b):
-    """Materializes the matrix of ``matvec`` on the flattened space of ``b``."""
-    b_flat, unravel = ravel_pytree(b)
-
-    def flat_matvec(v):
-        return ravel_pytree(matvec(unravel(v)))[0]
-
-    return jax.jacfwd(flat_matvec)(b_flat), b_flat, unravel
+def _judge(x, residual, scale, rtol, atol, on_failure, name, measure):
+    ok = jnp.isfinite(residual) & (residual <= CHECK_FACTOR * (rtol * scale + atol))
+    relative = residual / jnp.where(scale > 0, scale, 1.0)
+    return report_failure(ok, x, f"implax.linear.{name}", on_failure, **{measure: relative})
 
 
 @dataclasses.dataclass(frozen=True)
-class LU(LinearSolver):
+class DenseSolver(LinearSolver):
+    r"""Base of the dense solvers: materializes ``A`` (``n`` JVPs) and factors it.
+
+    A factorization is backward stable, so the check is on the normwise backward error
+    :math:`\|A x - b\| / (\|A\|_F \|x\| + \|b\|)` rather than on the relative residual, which a correct
+    solve of a badly scaled system can exceed.
+    """
+
+    def __call__(self, matvec, b):
+        rtol = self._rtol(b)
+        b_flat, unravel = ravel_pytree(b)
+
+        def flat_matvec(v):
+            return ravel_pytree(matvec(unravel(v)))[0]
+
+        a = jax.jacfwd(flat_matvec)(b_flat)
+        x = self.factor_solve(a, b_flat)
+        residual = jnp.linalg.norm(a @ x - b_flat)
+        scale = jnp.linalg.norm(a) * jnp.linalg.norm(x) + jnp.linalg.norm(b_flat)
+        return _judge(
+            unravel(x), residual, scale, rtol, self.atol, self.on_failure, type(self).__name__, "backward_error"
+        )
+
+    def factor_solve(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class LU(DenseSolver):
     """Dense LU with partial pivoting (``jnp.linalg.solve``) on the materialized matrix."""
 
-    def solve(self, matvec, b, rtol):
-        a, b_flat, unravel = _dense_matrix(matvec, b)
-        return unravel(jnp.linalg.solve(a, b_flat))
+    def factor_solve(self, a, b):
+        return jnp.linalg.solve(a, b)
 
 
 @dataclasses.dataclass(frozen=True)
-class Cholesky(LinearSolver):
+class Cholesky(DenseSolver):
     """Dense Cholesky on the materialized matrix, for symmetric positive definite systems.
 
-    A matrix that is not positive definite gives NaN, which the residual check reports.
+    A matrix that is not positive definite gives NaN, which the check reports.
     """
 
     symmetric: ClassVar[bool] = True
 
-    def solve(self, matvec, b, rtol):
-        a, b_flat, unravel = _dense_matrix(matvec, b)
-        factor = jsp.linalg.cho_factor(a)
-        return unravel(jsp.linalg.cho_solve(factor, b_flat))
+    def factor_solve(self, a, b):
+        return jsp.linalg.cho_solve(jsp.linalg.cho_factor(a), b)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -576,3 +576,18 @@ def test_invalid_on_failure():
 def test_invalid_solver_configuration():
     with pytest.raises(ValueError, match="max_steps"):
         implax.Newton(max_steps=-1)
+
+
+def test_broyden_restarts_keep_it_converging_on_a_large_system():
+    """``A x + tanh(x) = b`` with tridiagonal ``A``: many more steps than the memory, so Broyden restarts."""
+    n = 300
+    a = 2.1 * np.eye(n) - np.eye(n, k=1) - np.eye(n, k=-1)
+    b = np.random.default_rng(3).normal(size=n)
+    reference = scipy.optimize.root(
+        lambda x: a @ x + np.tanh(x) - b, np.zeros(n), jac=lambda x: a + np.diag(1 - np.tanh(x) ** 2)
+    ).x
+    sol = implax.root(
+        lambda x, b: jnp.asarray(a) @ x + jnp.tanh(x) - b, jnp.zeros(n), jnp.asarray(b), solver=implax.Broyden(memory=5)
+    )
+    assert sol.stats.converged and sol.stats.num_steps > 5
+    np.testing.assert_allclose(sol.value, reference, atol=1e-8)

@@ -57,23 +57,28 @@ def _backtrack(problem, x, dx, params, residual_norm, max_backtracks, armijo):
     :math:`\|F(x + t\,\delta)\| \le (1 - c\, t)\, \|F(x)\|`; the smallest tried if none passes.
 
     The step size is a piecewise-constant function of the problem, so it carries no derivative.
+
+    Returns:
+      ``(t, accepted)``: the step size and whether it passed the test.
     """
 
     def trial_norm(t):
         return tree_norm(problem.residual(tree_add(x, tree_scale(t, dx)), params))
 
+    def accepted(t, norm):
+        return jnp.isfinite(norm) & (norm <= (1 - armijo * t) * residual_norm)
+
     def rejected(carry):
         t, norm, k = carry
-        accept = jnp.isfinite(norm) & (norm <= (1 - armijo * t) * residual_norm)
-        return (k < max_backtracks) & ~accept
+        return (k < max_backtracks) & ~accepted(t, norm)
 
     def halve(carry):
         t, _, k = carry
         return t / 2, trial_norm(t / 2), k + 1
 
     one = jnp.ones((), residual_norm.dtype)
-    t, _, _ = jax.lax.while_loop(rejected, halve, (one, trial_norm(one), 0))
-    return jax.lax.stop_gradient(t)
+    t, norm, _ = jax.lax.while_loop(rejected, halve, (one, trial_norm(one), 0))
+    return jax.lax.stop_gradient(t), jax.lax.stop_gradient(accepted(t, norm))
 
 
 class _ResidualState(NamedTuple):
@@ -108,7 +113,7 @@ class Newton(IterativeSolver):
         linear_solver = linear.Auto(on_failure="ignore") if self.linear_solver is None else self.linear_solver
         dx = solve_linear(_jvp_operator(problem, x, params), tree_scale(-1, state.residual), linear_solver)
         if self.line_search:
-            t = _backtrack(problem, x, dx, params, tree_norm(state.residual), self.max_backtracks, self.armijo)
+            t, _ = _backtrack(problem, x, dx, params, tree_norm(state.residual), self.max_backtracks, self.armijo)
             dx = tree_scale(t, dx)
         x = tree_add(x, dx)
         return x, _ResidualState(problem.residual(x, params))
@@ -122,21 +127,34 @@ class _BroydenState(NamedTuple):
     num_updates: jax.Array
 
 
+def _secant_scale(problem, x, f, params):
+    r""":math:`\gamma = \langle F, J F\rangle / \|J F\|^2`, the scalar inverse of the Jacobian that is best along
+    :math:`F` (one JVP); -1 if :math:`J F = 0`."""
+    f_flat, _ = ravel_pytree(f)
+    jf_flat, _ = ravel_pytree(_jvp_operator(problem, x, params)(f))
+    denominator = jnp.vdot(jf_flat, jf_flat)
+    nonzero = denominator > 0
+    return jnp.where(nonzero, jnp.vdot(f_flat, jf_flat) / jnp.where(nonzero, denominator, 1), -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Broyden(IterativeSolver):
     r"""Limited-memory ("good") Broyden method on the inverse Jacobian.
 
     The inverse Jacobian is approximated as :math:`H = \gamma I + \sum_{i} u_i v_i^\top` with at most
-    ``memory`` rank-one terms: memory is ``2 · memory · n`` numbers whatever the number of iterations; when
-    full, the oldest term is overwritten. Each step :math:`s = -t\, H F(x)` is followed by the secant update
+    ``memory`` rank-one terms: memory is ``2 · memory · n`` numbers whatever the number of iterations. Each step
+    :math:`s = -t\, H F(x)` is followed by the secant update
 
     .. math:: H \leftarrow H + \frac{(s - H y)\, s^\top H}{s^\top H y}, \qquad y = F(x + s) - F(x),
 
     skipped when :math:`|s^\top H y|` is tiny relative to :math:`\|s\|\,\|H y\|` (the safeguard against a
-    singular update). The scale :math:`\gamma` is fitted once from a Jacobian-vector product at ``x0``,
-    :math:`\gamma = \langle F, J F\rangle / \|J F\|^2`, so the first step is sensible whatever the sign and
-    scale of :math:`\partial_x F` (for a fixed point :math:`T(x) - x` with small :math:`\partial T`,
-    :math:`\gamma \approx -1`).
+    singular update). The scale is :math:`\gamma = \langle F, J F\rangle / \|J F\|^2` from one
+    Jacobian-vector product, so a step is sensible whatever the sign and scale of :math:`\partial_x F` (for a
+    fixed point :math:`T(x) - x` with small :math:`\partial T`, :math:`\gamma \approx -1`).
+
+    The method restarts — drops its rank-one terms, and refits :math:`\gamma` at the current iterate — when
+    the memory is full (each term was computed from all the earlier ones, so dropping only the oldest would
+    leave an inconsistent product) and when the line search finds no step that decreases the residual.
 
     Attributes:
       memory: number of rank-one terms kept.
@@ -151,11 +169,8 @@ class Broyden(IterativeSolver):
     def init(self, problem, x, params):
         f = problem.residual(x, params)
         f_flat, _ = ravel_pytree(f)
-        jf_flat, _ = ravel_pytree(_jvp_operator(problem, x, params)(f))
-        denominator = jnp.vdot(jf_flat, jf_flat)
-        gamma = jnp.where(denominator > 0, jnp.vdot(f_flat, jf_flat) / jnp.where(denominator > 0, denominator, 1), -1)
         zeros = jnp.zeros((self.memory, f_flat.size), f_flat.dtype)
-        return x, _BroydenState(f, zeros, zeros, gamma, jnp.zeros((), jnp.int32))
+        return x, _BroydenState(f, zeros, zeros, _secant_scale(problem, x, f, params), jnp.zeros((), jnp.int32))
 
     def step(self, problem, x, params, state):
         x_flat, unravel = ravel_pytree(x)
@@ -168,11 +183,13 @@ class Broyden(IterativeSolver):
             return state.gamma * w + state.v.T @ (state.u @ w)
 
         direction = -inverse_jacobian(f_flat)
+        stalled = jnp.zeros((), bool)
         if self.line_search:
-            t = _backtrack(
+            t, accepted = _backtrack(
                 problem, x, unravel(direction), params, jnp.linalg.norm(f_flat), self.max_backtracks, self.armijo
             )
             direction = t * direction
+            stalled = ~accepted
         x_new = unravel(x_flat + direction)
         residual = problem.residual(x_new, params)
         y = ravel_pytree(residual)[0] - f_flat
@@ -181,11 +198,18 @@ class Broyden(IterativeSolver):
         eps = jnp.finfo(f_flat.dtype).eps
         update = jnp.abs(denominator) > eps * jnp.linalg.norm(direction) * jnp.linalg.norm(hy)
         safe_denominator = jnp.where(update, denominator, 1)
-        slot = state.num_updates % self.memory
+        slot = state.num_updates
         u = state.u.at[slot].set(jnp.where(update, (direction - hy) / safe_denominator, state.u[slot]))
         v = state.v.at[slot].set(jnp.where(update, inverse_jacobian_transpose(direction), state.v[slot]))
-        num_updates = state.num_updates + update.astype(jnp.int32)
-        return x_new, _BroydenState(residual, u, v, state.gamma, num_updates)
+        updated = _BroydenState(residual, u, v, state.gamma, state.num_updates + update.astype(jnp.int32))
+        restart = stalled | (updated.num_updates >= self.memory)
+
+        def restarted():
+            zeros = jnp.zeros_like(state.u)
+            gamma = _secant_scale(problem, x_new, residual, params)
+            return _BroydenState(residual, zeros, zeros, gamma, jnp.zeros((), jnp.int32))
+
+        return x_new, jax.lax.cond(restart, restarted, lambda: updated)
 
 
 class _BisectionState(NamedTuple):

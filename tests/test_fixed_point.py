@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
+from solver_tables import cast, solver_problem_cases
 
 import implax
 
@@ -113,35 +114,13 @@ PROBLEMS = (
 )
 
 
-def _cases(hard):
-    """Every solver on every problem; ``hard`` marks the pairs listed in ``Problem.hard_for``."""
-    for problem in PROBLEMS:
-        for solver in SOLVERS:
-            marks = hard(problem) if isinstance(solver, problem.hard_for) else ()
-            yield pytest.param(solver, problem, id=f"{type(solver).__name__}-{problem.name}", marks=marks)
-
-
-def _expected_failure(problem):
-    return pytest.mark.xfail(reason=problem.reason, strict=True, raises=AssertionError)
-
-
-def _skip(problem):
-    return pytest.mark.skip(reason=problem.reason)
-
-
-# The solution test shows (strict xfail) that a solver listed in hard_for fails; the others skip that pair.
-cases_with_hard = pytest.mark.parametrize("solver, problem", list(_cases(_expected_failure)))
-cases = pytest.mark.parametrize("solver, problem", list(_cases(_skip)))
-
-
-def _cast(tree, dtype):
-    return jax.tree.map(lambda v: jnp.asarray(v, dtype), tree)
+cases_with_hard, cases = solver_problem_cases(PROBLEMS, SOLVERS)
 
 
 def _flat_solution_map(solver, problem, dtype, diff=None):
     """``θ_flat ↦ (x_flat, (x_flat, stats))``, the fixed point as a map between flat vectors, and ``θ_flat``."""
-    theta, unravel = ravel_pytree(_cast(problem.params, dtype))
-    x0 = _cast(problem.x0, dtype)
+    theta, unravel = ravel_pytree(cast(problem.params, dtype))
+    x0 = cast(problem.x0, dtype)
     diff = implax.Implicit() if diff is None else diff
 
     def solve(theta):
@@ -176,7 +155,7 @@ def _solve_and_differentiate(solver, problem, dtype):
 @functools.cache
 def _reference(problem):
     """The float64 reference solution and its Jacobian by central differences (SciPy only, no implax)."""
-    theta, unravel = ravel_pytree(_cast(problem.params, jnp.float64))
+    theta, unravel = ravel_pytree(cast(problem.params, jnp.float64))
     theta = np.asarray(theta)
 
     def solution(t):
@@ -198,8 +177,8 @@ def test_solution_matches_reference(solver, problem):
     assert 1 <= stats.num_steps < solver.max_steps
     np.testing.assert_allclose(out["x"], _reference(problem)[0], rtol=1e-8, atol=1e-12)
     # stats.residual is ‖T(x) − x‖ at the returned value.
-    _, unravel = ravel_pytree(_cast(problem.x0, jnp.float64))
-    image = ravel_pytree(problem.fn(unravel(jnp.asarray(out["x"])), _cast(problem.params, jnp.float64)))[0]
+    _, unravel = ravel_pytree(cast(problem.x0, jnp.float64))
+    image = ravel_pytree(problem.fn(unravel(jnp.asarray(out["x"])), cast(problem.params, jnp.float64)))[0]
     rounding = 1e-14 * np.linalg.norm(out["x"])
     np.testing.assert_allclose(stats.residual, np.linalg.norm(image - out["x"]), rtol=1e-6, atol=rounding)
 
@@ -395,7 +374,7 @@ def test_divergence_is_nonfinite():
 
 def test_nan_in_x0_is_nonfinite():
     x0 = jnp.array([0.0, jnp.nan, 0.0, 0.0])
-    sol = implax.fixed_point(_deq, x0, _cast(PROBLEMS[0].params, jnp.float64), on_failure="ignore")
+    sol = implax.fixed_point(_deq, x0, cast(PROBLEMS[0].params, jnp.float64), on_failure="ignore")
     assert sol.stats.nonfinite and not sol.stats.converged and sol.stats.num_steps == 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
+from solver_tables import cast, solver_problem_cases
 
 import implax
 
@@ -127,35 +128,13 @@ PROBLEMS = (
 )
 
 
-def _cases(hard):
-    """Every solver on every problem; ``hard`` marks the pairs listed in ``Problem.hard_for``."""
-    for problem in PROBLEMS:
-        for solver in SOLVERS:
-            marks = hard(problem) if isinstance(solver, problem.hard_for) else ()
-            yield pytest.param(solver, problem, id=f"{type(solver).__name__}-{problem.name}", marks=marks)
-
-
-def _expected_failure(problem):
-    return pytest.mark.xfail(reason=problem.reason, strict=True, raises=AssertionError)
-
-
-def _skip(problem):
-    return pytest.mark.skip(reason=problem.reason)
-
-
-# The solution test shows (strict xfail) that a solver listed in hard_for fails; the others skip that pair.
-cases_with_hard = pytest.mark.parametrize("solver, problem", list(_cases(_expected_failure)))
-cases = pytest.mark.parametrize("solver, problem", list(_cases(_skip)))
-
-
-def _cast(tree, dtype):
-    return jax.tree.map(lambda v: jnp.asarray(v, dtype), tree)
+cases_with_hard, cases = solver_problem_cases(PROBLEMS, SOLVERS)
 
 
 def _flat_solution_map(solver, problem, dtype, diff=None):
     """``θ_flat ↦ (x_flat, (x_flat, stats))``, the root as a map between flat vectors, and ``θ_flat``."""
-    theta, unravel = ravel_pytree(_cast(problem.params, dtype))
-    x0 = _cast(problem.x0, dtype)
+    theta, unravel = ravel_pytree(cast(problem.params, dtype))
+    x0 = cast(problem.x0, dtype)
 
     def solve(theta):
         # Failures are asserted from stats by each test, so they must not warn (warnings are errors here).
@@ -188,7 +167,7 @@ def _solve_and_differentiate(solver, problem, dtype):
 @functools.cache
 def _reference(problem):
     """The float64 reference solution and its Jacobian by central differences (SciPy only, no implax)."""
-    theta, unravel = ravel_pytree(_cast(problem.params, jnp.float64))
+    theta, unravel = ravel_pytree(cast(problem.params, jnp.float64))
 
     def solution(t):
         return np.asarray(ravel_pytree(problem.reference(unravel(jnp.asarray(t))))[0])
@@ -214,8 +193,8 @@ def test_solution_matches_reference(solver, problem):
     assert 1 <= stats.num_steps < solver.max_steps
     np.testing.assert_allclose(x, expected, rtol=1e-9, atol=1e-12)
     # stats.residual is ‖F‖ at the returned value.
-    _, unravel = ravel_pytree(_cast(problem.x0, jnp.float64))
-    residual = ravel_pytree(problem.fn(unravel(jnp.asarray(x)), _cast(problem.params, jnp.float64)))[0]
+    _, unravel = ravel_pytree(cast(problem.x0, jnp.float64))
+    residual = ravel_pytree(problem.fn(unravel(jnp.asarray(x)), cast(problem.params, jnp.float64)))[0]
     np.testing.assert_allclose(stats.residual, np.linalg.norm(residual), rtol=1e-6, atol=1e-15)
 
 

@@ -152,7 +152,8 @@ class Broyden(IterativeSolver):
     Jacobian-vector product, so a step is sensible whatever the sign and scale of :math:`\partial_x F` (for a
     fixed point :math:`T(x) - x` with small :math:`\partial T`, :math:`\gamma \approx -1`).
 
-    The method restarts — drops its rank-one terms, and refits :math:`\gamma` at the current iterate — when
+    The method restarts — drops its rank-one terms and refits :math:`\gamma = \langle s, y\rangle / \|y\|^2`
+    along the last step — when
     the memory is full (each term was computed from all the earlier ones, so dropping only the oldest would
     leave an inconsistent product) and when the line search finds no step that decreases the residual.
 
@@ -203,13 +204,17 @@ class Broyden(IterativeSolver):
         v = state.v.at[slot].set(jnp.where(update, inverse_jacobian_transpose(direction), state.v[slot]))
         updated = _BroydenState(residual, u, v, state.gamma, state.num_updates + update.astype(jnp.int32))
         restart = stalled | (updated.num_updates >= self.memory)
-
-        def restarted():
-            zeros = jnp.zeros_like(state.u)
-            gamma = _secant_scale(problem, x_new, residual, params)
-            return _BroydenState(residual, zeros, zeros, gamma, jnp.zeros((), jnp.int32))
-
-        return x_new, jax.lax.cond(restart, restarted, lambda: updated)
+        # On restart γ is refitted along the last step, ⟨s, y⟩ / ⟨y, y⟩ (no extra evaluation of F).
+        yy = jnp.vdot(y, y)
+        secant_gamma = jnp.where(yy > 0, jnp.vdot(direction, y) / jnp.where(yy > 0, yy, 1), state.gamma)
+        restarted = _BroydenState(
+            residual,
+            jnp.where(restart, 0, u),
+            jnp.where(restart, 0, v),
+            jnp.where(restart & jnp.isfinite(secant_gamma), secant_gamma, state.gamma),
+            jnp.where(restart, 0, updated.num_updates),
+        )
+        return x_new, restarted
 
 
 class _BisectionState(NamedTuple):

@@ -90,7 +90,7 @@ class Newton(IterativeSolver):
     r"""Newton's method :math:`x \leftarrow x - t\, (\partial_x F)^{-1} F(x)` with backtracking on :math:`\|F\|`.
 
     The Newton system is solved by ``linear_solver``: by default (``None``) :class:`implax.linear.Auto` with
-    ``on_failure="ignore"`` (the outer residual judges the step), a dense LU of the Jacobian for up to 256
+    ``on_failure="ignore"`` (the outer residual judges the step), a dense LU of the Jacobian for up to 64
     unknowns and matrix-free GMRES on Jacobian-vector products above. A
     singular Jacobian makes the step non-finite, which stops the solve with ``stats.nonfinite`` set.
 

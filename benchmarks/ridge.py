@@ -75,19 +75,15 @@ NOTES = """
 - **Where the time goes.** Every row pays the forward pass (the "forward only" row). A CG row adds one CG solve
   whose iterations each multiply by X and by Xᵀ; at n=2000, p=500 it takes about 400 of them, more than the
   forward pass costs. A Cholesky row adds building and factoring a p×p matrix.
-- **implax CG against the hand-written CG** do the same work: the same matrix-vector product (the JVP of F,
-  v ↦ Xᵀ(Xv) + λv), the same CG, the same tolerance. implax adds one product (its residual check) and a host
-  callback reporting the check, a fixed cost per call that shows on small problems: compare "implax CG" with
-  "implax CG, no check report" (`on_failure='ignore'`, no callback).
-- **Why JAXopt's solve_cg beats both when F is written Xᵀ(Xw − y).** JAXopt solves the transposed system with the
-  VJP of F; implax (a symmetric solver) and the hand-written version use the JVP. Same arithmetic, but XLA's CPU
-  backend compiles the JVP form's Xᵀv into one loop fusion with the transpose of X, inside the CG loop, so every
-  iteration reads X in transposed order instead of calling a library matrix-vector product; for the VJP form it
-  makes the transposed copy of X once, before the loop (the extra n·p·8 bytes in JAXopt's memory column), and
-  both products are library calls. Written (Xw − y)ᵀX, F gives the same time to all three (the "F written three
-  ways" case). The compiler and the way F is written decide, not the engine; implax would get the fast path here
-  by solving the reverse-mode system with the VJP form (not declaring it symmetric to
-  `lax.custom_linear_solve`), at the price of that copy.
+- **implax CG against the hand-written CG and JAXopt's solve_cg** run the same CG to the same tolerance. They
+  differ in the matrix-vector product of the reverse-mode system: the hand-written version uses the JVP of F,
+  v ↦ Xᵀ(Xv) + λv; implax and JAXopt use the VJP form (implax transposes the JVP, JAXopt calls `jax.vjp`). Same
+  arithmetic, but for F written Xᵀ(Xw − y) XLA's CPU backend compiles the JVP form's Xᵀv into one loop fusion
+  with the transpose of X inside the CG loop, so every iteration reads X in transposed order, while for the VJP
+  form it copies Xᵀ once before the loop (the extra n·p·8 bytes in the memory column) and both products are
+  library calls. Written (Xw − y)ᵀX, F gives about the same time to all three (the "F written three ways"
+  case). implax also adds one product (its residual check); the host callback that reports a failed check runs
+  only on failure ("implax CG, no check report" is `on_failure='ignore'`).
 - **implax Cholesky against the hand-written Cholesky.** implax sees F only as a function, so it builds
   ∂F/∂w = XᵀX + λI from p JVPs (`jax.jacfwd`: X·I, then Xᵀ(X·I) — two n×p×p products and an n×p temporary, the
   extra memory) before factoring. The hand-written backward pass repeats the forward pass's own operations
@@ -543,7 +539,7 @@ def _target_lines(case: str, t: dict, temp: dict) -> list[str]:
     ]
     if "implax CG, no check report" in t:
         lines.append(
-            f"- cost of reporting the backward residual check (a host callback per call): implax CG {_ms(cg)}, "
+            f"- cost of the backward residual check and its failure report: implax CG {_ms(cg)}, "
             f"{_ms(t['implax CG, no check report'])} with on_failure='ignore'; implax Cholesky {_ms(chol)}, "
             f"{_ms(t['implax Cholesky, no check report'])}."
         )

@@ -14,9 +14,9 @@ forward steps, in three ways:
 
 - **unrolled**: reverse-mode autodiff through the :math:`K` steps (``implax.Unrolled()``); the backward pass
   replays every step, so memory and time grow with :math:`K`;
-- **implicit (dense)**: the implicit function theorem (``implax.Implicit()``); its backward pass is one solve of
-  :math:`(I - \partial_z T)^\top u = \partial_z L` per example, here a dense LU of the :math:`n \times n`
-  Jacobian (the default for :math:`n \le 256`);
+- **implicit (dense)**: the implicit function theorem (``implax.Implicit(implax.linear.LU())``); its backward
+  pass is one solve of :math:`(I - \partial_z T)^\top u = \partial_z L` per example, here a dense LU of the
+  :math:`n \times n` Jacobian (what the default ``Auto`` does for :math:`n \le 64`);
 - **implicit (GMRES)**: the same with matrix-free GMRES (``implax.Implicit(implax.linear.GMRES())``), which
   never forms the Jacobian.
 
@@ -55,7 +55,7 @@ SPECTRAL_NORM = 0.95
 INPUT_SCALE = 0.3
 METHODS = {
     "unrolled": implax.Unrolled(),
-    "implicit (dense)": implax.Implicit(),
+    "implicit (dense)": implax.Implicit(implax.linear.LU()),
     "implicit (GMRES)": implax.Implicit(implax.linear.GMRES()),
 }
 # GMRES takes longest to compile; the smoke run leaves it out.

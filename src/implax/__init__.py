@@ -6,6 +6,7 @@ from implax.failures import SolveFailureError, SolveFailureWarning
 from implax.fixed_point import Anderson, FixedPointIteration, fixed_point
 from implax.interop import black_box
 from implax.policies import JFB, Implicit, Phantom, Unrolled
+from implax.qp import KKTPoint, QPSolution, QPStats, QPStatus, qp
 from implax.root import Bisection, Broyden, Newton, root
 from implax.solution import Solution, Stats
 
@@ -18,8 +19,12 @@ __all__ = [
     "Broyden",
     "FixedPointIteration",
     "Implicit",
+    "KKTPoint",
     "Newton",
     "Phantom",
+    "QPSolution",
+    "QPStats",
+    "QPStatus",
     "Solution",
     "SolveFailureError",
     "SolveFailureWarning",
@@ -30,6 +35,7 @@ __all__ = [
     "custom_root",
     "fixed_point",
     "linear",
+    "qp",
     "root",
     "root_jvp",
     "root_vjp",

@@ -56,7 +56,8 @@ def custom_root(optimality_fn: Callable, solve=None, has_aux: bool = False) -> C
       optimality_fn: ``F(x, *args, **kwargs)``, written in JAX.
       solve: the linear solver for the system above: an :mod:`implax.linear` solver or any callable
         ``solve(matvec, b) -> x``. ``None`` means :class:`implax.linear.Auto`. A backward solve that misses its
-        tolerance triggers the solver's ``on_failure`` policy (a warning by default).
+        tolerance triggers the solver's ``on_failure`` policy (a warning by default). A ``solve`` that is a
+        pytree may hold arrays computed under the same transformations as the solver (its final factorization).
       has_aux: the solver returns ``(x, aux)``; ``aux`` is returned unchanged and carries no derivative.
 
     Returns:
@@ -165,15 +166,23 @@ def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
             f"returns what optimality_fn expects. The error was: {type(error).__name__}: {error}"
         ) from error
     check_same_shapes(residual_shape, x_shape, "optimality_fn")
+    # Arrays inside a pytree `solve` (e.g. a factorization from the solver) are passed in, not closed over:
+    # the JVP rule may be traced after the trace that made them has ended.
+    solve_leaves, solve_def = jax.tree.flatten(solve)
+    is_array = [isinstance(leaf, jax.Array) for leaf in solve_leaves]
+
+    def rebuild_solve(arrays):
+        arrays = iter(arrays)
+        return jax.tree.unflatten(solve_def, [next(arrays) if a else leaf for leaf, a in zip(solve_leaves, is_array)])
 
     @jax.custom_jvp
-    def root(init, theta, solver_consts, optimality_consts):
+    def root(init, theta, solver_consts, optimality_consts, solve_arrays):
         return run_solver(init, theta, *solver_consts)
 
     @root.defjvp
     def root_jvp_rule(primals, tangents):
-        _, theta, _, optimality_consts = primals
-        _, dtheta, _, doptimality_consts = tangents
+        _, theta, _, optimality_consts, solve_arrays = primals
+        _, dtheta, _, doptimality_consts, _ = tangents
         # Calling `root` (not the solver) keeps x differentiable when this rule is differentiated again.
         out = root(*primals)
         x = out[0] if has_aux else out
@@ -181,12 +190,13 @@ def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
         def fn(y, params):
             return optimality(y, params[0], *params[1])
 
-        dx = _tangent(fn, x, (theta, optimality_consts), (dtheta, doptimality_consts), solve)
+        dx = _tangent(fn, x, (theta, optimality_consts), (dtheta, doptimality_consts), rebuild_solve(solve_arrays))
         if has_aux:
             return out, (dx, jax.tree.map(_zero_tangent, out[1]))
         return out, dx
 
-    return root(init, theta, tuple(solver_consts), tuple(optimality_consts))
+    solve_arrays = tuple(leaf for leaf, a in zip(solve_leaves, is_array) if a)
+    return root(init, theta, tuple(solver_consts), tuple(optimality_consts), solve_arrays)
 
 
 def _zero_tangent(v):

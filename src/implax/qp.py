@@ -1,0 +1,423 @@
+r"""Quadratic programs: a primal-dual interior-point method, differentiable through its KKT conditions.
+
+.. math::
+
+    \min_x \tfrac12 x^\top Q x + c^\top x \quad \text{s.t.} \quad A x = b,\; G x \le h
+
+with :math:`Q \succeq 0` (:math:`Q = 0` is a linear program). A point :math:`(x, y, z)` is optimal when the KKT
+conditions hold,
+
+.. math::
+
+    Q x + c + A^\top y + G^\top z = 0, \qquad A x = b, \qquad z \odot (G x - h) = -\tau, \qquad
+    G x \le h,\; z \ge 0,
+
+with :math:`\tau = 0`; a positive ``relaxation`` :math:`\tau` gives the point of the central path instead.
+Derivatives with respect to every one of :math:`Q, c, A, b, G, h` come from the implicit function theorem applied
+to these conditions (:func:`implax.custom_root`), in forward and reverse mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+
+from implax import linear
+from implax.engine import custom_root
+from implax.failures import FailurePolicy, check_policy
+from implax.solution import Solution
+
+__all__ = ["KKTPoint", "QPSolution", "QPStats", "QPStatus", "qp"]
+
+STALL_STEPS = 5
+
+
+class QPStatus(enum.IntEnum):
+    """Outcome of a QP solve, stored per problem in ``stats.status``."""
+
+    SOLVED = 0
+    MAX_ITERATIONS = 1
+    PRIMAL_INFEASIBLE = 2
+    DUAL_INFEASIBLE = 3
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KKTPoint:
+    """Primal :math:`x`, equality duals :math:`y` (one per row of ``A``), inequality duals :math:`z \\ge 0`."""
+
+    primal: jax.Array
+    equality_dual: jax.Array
+    inequality_dual: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QPStats:
+    """Statistics of a QP solve (per problem under ``vmap``).
+
+    Attributes:
+      num_steps: interior-point iterations (0 for an equality-constrained problem, solved by one KKT solve).
+      residual: largest scaled KKT residual (stationarity, primal feasibility, complementarity).
+      converged: ``status == SOLVED``.
+      nonfinite: an iterate became NaN or infinite.
+      status: a :class:`QPStatus` value.
+    """
+
+    num_steps: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+    nonfinite: jax.Array
+    status: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QPSolution(Solution):
+    """``value`` is a :class:`KKTPoint`; ``primal``, ``equality_dual`` and ``inequality_dual`` read from it."""
+
+    @property
+    def primal(self) -> jax.Array:
+        return self.value.primal
+
+    @property
+    def equality_dual(self) -> jax.Array:
+        return self.value.equality_dual
+
+    @property
+    def inequality_dual(self) -> jax.Array:
+        return self.value.inequality_dual
+
+    @property
+    def status(self) -> jax.Array:
+        return self.stats.status
+
+
+def qp(
+    Q,
+    c,
+    A=None,
+    b=None,
+    G=None,
+    h=None,
+    *,
+    tol: float | None = None,
+    max_steps: int = 50,
+    relaxation: float = 0.0,
+    on_failure: FailurePolicy = "warn",
+) -> QPSolution:
+    r"""Solves :math:`\min_x \frac12 x^\top Q x + c^\top x` s.t. :math:`Ax = b,\ Gx \le h`, differentiably.
+
+    The solver is Mehrotra's predictor-corrector interior-point method on the slack form
+    :math:`Gx + s = h,\ s \ge 0`, each step one LU factorization of the reduced KKT matrix
+    :math:`\begin{bmatrix} Q + G^\top W G & A^\top \\ A & 0 \end{bmatrix}`, :math:`W = \mathrm{diag}(z/s)`,
+    used for both the predictor and the corrector. Without inequalities the problem is solved by one KKT solve.
+    Everything is JAX: ``jit``, ``vmap`` (one status per problem), float32 and float64.
+
+    Derivatives: the implicit function theorem on the KKT conditions (module documentation), through
+    :func:`implax.custom_root`; the optimality function's complementarity rows are divided by the (constant)
+    duals, which makes its Jacobian symmetric, so the backward solve is the reduced KKT matrix factored once at
+    the returned point (:class:`FactoredKKTSolve`), refined against the exact Jacobian: one LU of size
+    :math:`n + p` for any number of backward solves. All of ``Q, c, A, b, G, h`` are differentiable; ``Q``
+    enters as :math:`\frac12(Q + Q^\top)`, so its derivative is symmetric.
+
+    At a degenerate solution (an active constraint with a zero dual, which is typical of linear programs) the
+    exact derivative is discontinuous and, for a linear program, zero almost everywhere. ``relaxation`` =
+    :math:`\tau > 0` returns and differentiates the central-path point :math:`z \odot s = \tau` instead: a smooth
+    function of the data, within :math:`O(\tau)` of the optimum (the duality gap is :math:`m\tau`), whose
+    derivatives are informative.
+
+    Args:
+      Q: ``(n, n)`` symmetric positive semidefinite.
+      c: ``(n,)``.
+      A, b: ``(p, n)`` and ``(p,)`` equality constraints, or ``None``.
+      G, h: ``(m, n)`` and ``(m,)`` inequality constraints, or ``None``.
+      tol: tolerance on the scaled KKT residuals; ``None`` means 1e-9 in float64 and 1e-4 in float32.
+      max_steps: interior-point iteration limit.
+      relaxation: :math:`\tau \ge 0`, the complementarity target (0: the optimum).
+      on_failure: policy of the backward linear solve when its residual check fails (``"warn"``, ``"raise"``,
+        ``"nan"``, ``"ignore"``; see :mod:`implax.failures`).
+
+    Returns:
+      A :class:`QPSolution`: ``value`` a :class:`KKTPoint` (``sol.primal`` is :math:`x`), ``stats`` a
+      :class:`QPStats`. A problem that is not solved is reported in ``stats.status`` (primal infeasible, dual
+      infeasible i.e. unbounded, or out of iterations) and its ``value`` is the iterate of smallest residual;
+      this never raises.
+
+    Raises:
+      ValueError: at trace time, for a ``Q`` that is not square, mismatched shapes among ``Q, c, A, b, G, h``, a
+        constraint matrix given without its right-hand side, or a negative ``relaxation``; and for a ``Q`` that
+        is not symmetric when its value is known (outside ``jit``/``vmap``).
+    """
+    check_policy(on_failure)
+    if not relaxation >= 0:
+        raise ValueError(f"relaxation must be nonnegative, got {relaxation}")
+    data = _standard_form(Q, c, A, b, G, h)
+    dtype = data[0].dtype
+    if tol is None:
+        tol = 1e-9 if dtype == jnp.float64 else 1e-4
+    const = [jax.lax.stop_gradient(d) for d in data]
+    if data[4].shape[0] == 0:
+        point, slack, stats = _equality_qp(*const, tol)
+    else:
+        point, slack, stats = _interior_point(*const, tol, max_steps, relaxation)
+    # A capped weight keeps the reduced matrix well conditioned; the refinement makes up the difference.
+    weight = jnp.minimum(point.inequality_dual / slack, 1 / _regularization(dtype))
+    reduced = _reduced_matrix(const[0], const[2], const[4], weight, _regularization(dtype))
+    solve = FactoredKKTSolve(jsl.lu_factor(reduced), const[4], weight, on_failure)
+
+    def kkt(point, Q, c, A, b, G, h):
+        return _kkt_residual(point, Q, c, A, b, G, h, relaxation)
+
+    @custom_root(kkt, solve=solve)
+    def returned(init, *data):
+        return init
+
+    return QPSolution(value=returned(point, *data), stats=stats)
+
+
+def _kkt_residual(point, Q, c, A, b, G, h, relaxation):
+    x, y, z = point.primal, point.equality_dual, point.inequality_dual
+    # Dividing the complementarity rows by the duals, held constant, leaves the roots and the implicit
+    # derivatives unchanged and makes the Jacobian symmetric.
+    scale = jax.lax.stop_gradient(jnp.maximum(z, jnp.finfo(z.dtype).tiny))
+    return KKTPoint(
+        primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + G.T @ z,
+        equality_dual=A @ x - b,
+        inequality_dual=(z * (G @ x - h) + relaxation) / scale,
+    )
+
+
+def _reduced_matrix(Q, A, G, weight, delta):
+    n, p = Q.shape[0], A.shape[0]
+    H = 0.5 * (Q + Q.T) + G.T @ (weight[:, None] * G) + delta * jnp.eye(n, dtype=Q.dtype)
+    return jnp.block([[H, A.T], [A, -delta * jnp.eye(p, dtype=Q.dtype)]])
+
+
+def _regularization(dtype):
+    return 1e-2 * float(np.sqrt(jnp.finfo(dtype).eps))
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["lu", "G", "weight"], meta_fields=["on_failure", "refinements"]
+)
+@dataclasses.dataclass(frozen=True)
+class FactoredKKTSolve:
+    r"""Solves with the symmetric KKT Jacobian from one LU of the reduced matrix (see :func:`qp`).
+
+    The Jacobian :math:`\begin{bmatrix} Q & A^\top & G^\top \\ A & 0 & 0 \\ G & 0 & -W^{-1} \end{bmatrix}`
+    is reduced by eliminating the inequality block, :math:`w = W (G u - r_z)`; the reduced system is solved
+    with the factorization ``lu`` and the answer refined against the exact ``matvec``. The residual is checked
+    and ``on_failure`` applied by :class:`implax.linear.Custom`.
+    """
+
+    lu: tuple
+    G: jax.Array
+    weight: jax.Array
+    on_failure: str = "warn"
+    refinements: int = 3
+
+    def reduced_solve(self, r):
+        n = self.G.shape[1]
+        top = r.primal + self.G.T @ (self.weight * r.inequality_dual)
+        u = jsl.lu_solve(self.lu, jnp.concatenate([top, r.equality_dual]))
+        dx = u[:n]
+        return KKTPoint(dx, u[n:], self.weight * (self.G @ dx - r.inequality_dual))
+
+    def refined_solve(self, matvec, rhs):
+        u = self.reduced_solve(rhs)
+        for _ in range(self.refinements):
+            u = jax.tree.map(jnp.add, u, self.reduced_solve(jax.tree.map(jnp.subtract, rhs, matvec(u))))
+        return u
+
+    def __call__(self, matvec, rhs):
+        check = linear.Custom(fn=self.refined_solve, symmetric=True, rtol=None, on_failure=self.on_failure)
+        return check(matvec, rhs)
+
+
+def _inf_norm(v):
+    return jnp.max(jnp.abs(v), initial=0.0)
+
+
+def _equality_qp(Q, c, A, b, G, h, tol):
+    n = Q.shape[0]
+    K = _reduced_matrix(Q, A, G, jnp.zeros((0,), Q.dtype), 0.0)
+    u = jnp.linalg.solve(K, jnp.concatenate([-c, b]))
+    x, y = u[:n], u[n:]
+    residual = jnp.maximum(
+        _inf_norm(0.5 * (Q + Q.T) @ x + c + A.T @ y) / (1 + _inf_norm(c)), _inf_norm(A @ x - b) / (1 + _inf_norm(b))
+    )
+    nonfinite = ~jnp.all(jnp.isfinite(u))
+    solved = (residual <= tol) & ~nonfinite
+    least_squares = jnp.linalg.lstsq(A, b)[0] if A.shape[0] else jnp.zeros(n, Q.dtype)
+    consistent = _inf_norm(A @ least_squares - b) <= tol * (1 + _inf_norm(b))
+    status = jnp.where(
+        solved, QPStatus.SOLVED, jnp.where(consistent, QPStatus.DUAL_INFEASIBLE, QPStatus.PRIMAL_INFEASIBLE)
+    )
+    stats = QPStats(jnp.asarray(0), residual, solved, nonfinite, status.astype(jnp.int32))
+    return KKTPoint(x, y, jnp.zeros((0,), Q.dtype)), jnp.zeros((0,), Q.dtype), stats
+
+
+def _initial_point(Q, c, A, b, G, h):
+    """Mehrotra-style start: the minimizer of the problem with a unit barrier weight, shifted into the interior."""
+    n, m = Q.shape[0], G.shape[0]
+    K = _reduced_matrix(Q, A, G, jnp.ones(m, Q.dtype), _regularization(Q.dtype))
+    u = jnp.linalg.solve(K, jnp.concatenate([-c + G.T @ h, b]))
+    x, y = u[:n], u[n:]
+    r = G @ x - h
+
+    def shift(v):
+        return v + jnp.maximum(0.0, 1.0 - jnp.min(v))
+
+    return x, shift(-r), y, shift(r)
+
+
+def _all_finite(*arrays):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in arrays]))
+
+
+def _max_step(v, dv):
+    ratios = jnp.where(dv < 0, -v / jnp.where(dv < 0, dv, -1.0), jnp.inf)
+    return jnp.minimum(1.0, jnp.min(ratios))
+
+
+def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
+    n, m = Q.shape[0], G.shape[0]
+    dtype = Q.dtype
+    Qs = 0.5 * (Q + Q.T)
+    delta = _regularization(dtype)
+    # Capped barrier weights keep the float32 factorizations from breaking down near the end; float64 needs
+    # weights up to about 1/eps to reach its complementarity tolerance.
+    max_weight = 1 / (delta if dtype == jnp.float32 else float(jnp.finfo(dtype).eps))
+    infeasibility_tol = float(np.sqrt(tol))
+    # Derivatives are accurate when each s_i/z_i or z_i/s_i is small: complementarity is held to tol^1.5.
+    complementarity_scale = float(np.sqrt(tol))
+    scale_d = 1 + _inf_norm(c)
+    scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(h))
+
+    def residuals(x, s, y, z):
+        return Qs @ x + c + A.T @ y + G.T @ z, A @ x - b, G @ x + s - h
+
+    def measure(x, s, y, z):
+        r_d, r_p, r_g = residuals(x, s, y, z)
+        return jnp.max(
+            jnp.stack(
+                [
+                    _inf_norm(r_d) / scale_d,
+                    jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p,
+                    _inf_norm(s * z - relaxation) / (complementarity_scale * jnp.maximum(scale_d, scale_p)),
+                ]
+            )
+        )
+
+    def step(state):
+        point, k, status, _, best, best_residual, best_k = state
+        point, status, residual = iterate(point, status)
+        better = residual < best_residual
+        best = jax.tree.map(lambda new, old: jnp.where(better, new, old), point, best)
+        best_residual = jnp.where(better, residual, best_residual)
+        updated = (point, k + 1, status, residual, best, best_residual, jnp.where(better, k + 1, best_k))
+        active = running(state)
+        return jax.tree.map(lambda new, old: jnp.where(active, new, old), updated, state)
+
+    def iterate(point, status):
+        x, s, y, z = point
+        r_d, r_p, r_g = residuals(x, s, y, z)
+        weight = jnp.minimum(z / s, max_weight)
+        lu = jsl.lu_factor(_reduced_matrix(Q, A, G, weight, delta))
+
+        def newton(r_c):
+            top = -r_d - G.T @ ((z * r_g - r_c) / s)
+            u = jsl.lu_solve(lu, jnp.concatenate([top, -r_p]))
+            dx = u[:n]
+            return dx, -r_g - G @ dx, u[n:], weight * (G @ dx) + (z * r_g - r_c) / s
+
+        mu = jnp.vdot(s, z) / m
+        dx, ds, dy, dz = newton(s * z - relaxation)
+        alpha = jnp.minimum(_max_step(s, ds), _max_step(z, dz))
+        mu_affine = jnp.vdot(s + alpha * ds, z + alpha * dz) / m
+        sigma = (mu_affine / mu) ** 3
+        target = jnp.maximum(sigma * mu, relaxation)
+        dx, ds, dy, dz = newton(s * z + ds * dz - target)
+        alpha = jnp.minimum(1.0, 0.99 * jnp.minimum(_max_step(s, ds), _max_step(z, dz)))
+        new = (x + alpha * dx, s + alpha * ds, y + alpha * dy, z + alpha * dz)
+
+        x, s, y, z = new
+        residual = measure(*new)
+        step_x = alpha * dx
+        size_x = _inf_norm(step_x)
+        unbounded = (
+            (_inf_norm(Qs @ step_x) <= infeasibility_tol * size_x)
+            & (_inf_norm(A @ step_x) <= infeasibility_tol * size_x)
+            & (jnp.max(G @ step_x) <= infeasibility_tol * size_x)
+            & (jnp.vdot(c, step_x) < -infeasibility_tol * size_x)
+        )
+        size_dual = jnp.maximum(_inf_norm(y), _inf_norm(z))
+        infeasible = (_inf_norm(A.T @ y + G.T @ z) <= tol * size_dual) & (
+            jnp.vdot(b, y) + jnp.vdot(h, z) < -infeasibility_tol * size_dual
+        )
+        status = jnp.where(
+            residual <= tol,
+            QPStatus.SOLVED,
+            jnp.where(infeasible, QPStatus.PRIMAL_INFEASIBLE, jnp.where(unbounded, QPStatus.DUAL_INFEASIBLE, status)),
+        ).astype(jnp.int32)
+        return new, status, residual
+
+    def running(state):
+        point, k, status, residual, _, best_residual, best_k = state
+        finite = _all_finite(*point, residual)
+        # Rounding errors stop progress near the optimum (in float32 mostly) before the tolerance is met.
+        stalled = (k - best_k >= STALL_STEPS) & (best_residual <= infeasibility_tol)
+        return (k < max_steps) & (status == QPStatus.MAX_ITERATIONS) & finite & ~stalled
+
+    point = _initial_point(Q, c, A, b, G, h)
+    residual = measure(*point)
+    status = jnp.asarray(QPStatus.MAX_ITERATIONS, jnp.int32)
+    zero = jnp.asarray(0)
+    state = jax.lax.while_loop(running, step, (point, zero, status, residual, point, residual, zero))
+    last, k, status, residual, (x, s, y, z), best_residual, _ = state
+    nonfinite = ~_all_finite(*last, residual)
+    stats = QPStats(k, best_residual, status == QPStatus.SOLVED, nonfinite, status)
+    return KKTPoint(x, y, z), s, stats
+
+
+def _standard_form(Q, c, A, b, G, h):
+    """Arrays of one floating dtype, absent constraints as empty ones, with the shapes checked."""
+    given = [v for v in (Q, c, A, b, G, h) if v is not None]
+    dtype = jnp.result_type(*given)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    Q, c = jnp.asarray(Q, dtype), jnp.asarray(c, dtype)
+    if Q.ndim != 2 or Q.shape[0] != Q.shape[1]:
+        raise ValueError(f"Q must be a square matrix, got shape {Q.shape}")
+    n = Q.shape[0]
+    if c.shape != (n,):
+        raise ValueError(f"c must have shape ({n},) to match Q of shape {Q.shape}, got {c.shape}")
+    if not isinstance(Q, jax.core.Tracer):
+        Q_host = np.asarray(Q)
+        if not np.allclose(Q_host, Q_host.T, rtol=1e-5, atol=1e-8 * (1 + np.abs(Q_host).max(initial=0))):
+            raise ValueError("Q must be symmetric; it differs from its transpose")
+    A, b = _constraints(A, b, n, dtype, "A", "b")
+    G, h = _constraints(G, h, n, dtype, "G", "h")
+    return Q, c, A, b, G, h
+
+
+def _constraints(M, r, n, dtype, m_name, r_name):
+    if M is None and r is None:
+        return jnp.zeros((0, n), dtype), jnp.zeros((0,), dtype)
+    if M is None or r is None:
+        raise ValueError(f"{m_name} and {r_name} must be given together")
+    M, r = jnp.asarray(M, dtype), jnp.asarray(r, dtype)
+    if M.ndim != 2 or M.shape[1] != n:
+        raise ValueError(f"{m_name} must have shape (rows, {n}) to match Q's {n} variables, got {M.shape}")
+    if r.shape != (M.shape[0],):
+        raise ValueError(
+            f"{r_name} must have shape ({M.shape[0]},) to match {m_name} of shape {M.shape}, got {r.shape}"
+        )
+    return M, r

@@ -1,0 +1,222 @@
+"""implax.qp against CVXPY, finite differences and closed forms; statuses of infeasible and unbounded problems."""
+
+import cvxpy as cp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import implax
+from implax.qp import QPStatus
+
+NAMES = ("Q", "c", "A", "b", "G", "h")
+
+
+def random_qp(rng, n, p, m, lp=False):
+    """A feasible, bounded problem: strictly convex, or a linear program inside a box."""
+    M = rng.normal(size=(n, n))
+    Q = np.zeros((n, n)) if lp else M @ M.T / n + 0.1 * np.eye(n)
+    c = rng.normal(size=n)
+    x0 = rng.normal(size=n)
+    A = rng.normal(size=(p, n))
+    G = rng.normal(size=(m, n))
+    h = G @ x0 + rng.uniform(0.1, 1.0, size=m)
+    if lp:
+        G = np.vstack([G, np.eye(n), -np.eye(n)])
+        h = np.concatenate([h, np.abs(x0) + 1, np.abs(x0) + 1])
+    problem = dict(Q=Q, c=c, A=A, b=A @ x0, G=G, h=h)
+    return {k: v for k, v in problem.items() if v.shape[0] > 0 or k in ("Q", "c")}
+
+
+def cvxpy_solution(Q, c, A=None, b=None, G=None, h=None):
+    x = cp.Variable(c.shape[0])
+    equality = [A @ x == b] if A is not None else []
+    inequality = [G @ x <= h] if G is not None else []
+    objective = cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + c @ x)
+    cp.Problem(objective, equality + inequality).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    y = equality[0].dual_value if equality else np.zeros(0)
+    z = inequality[0].dual_value if inequality else np.zeros(0)
+    return x.value, y, z
+
+
+CASES = {
+    "inequalities": (6, 0, 10, False),
+    "equalities and inequalities": (8, 3, 12, False),
+    "equalities only": (7, 3, 0, False),
+    "unconstrained": (5, 0, 0, False),
+    "linear program": (6, 2, 4, True),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_solution_and_duals_match_cvxpy(case, rng):
+    problem = random_qp(rng, *CASES[case])
+    sol = jax.jit(implax.qp)(**problem)
+    x, y, z = cvxpy_solution(**problem)
+    assert int(sol.stats.status) == QPStatus.SOLVED
+    assert bool(sol.stats.converged)
+    np.testing.assert_allclose(sol.primal, x, atol=1e-5)
+    np.testing.assert_allclose(sol.equality_dual, y, atol=1e-5)
+    np.testing.assert_allclose(sol.inequality_dual, z, atol=1e-5)
+
+
+def test_float32_matches_cvxpy(rng):
+    problem = random_qp(rng, 8, 2, 12)
+    sol = implax.qp(**{k: v.astype(np.float32) for k, v in problem.items()})
+    x, _, z = cvxpy_solution(**problem)
+    assert sol.primal.dtype == jnp.float32
+    assert int(sol.stats.status) == QPStatus.SOLVED
+    np.testing.assert_allclose(sol.primal, x, atol=2e-3)
+    np.testing.assert_allclose(sol.inequality_dual, z, atol=2e-3)
+
+
+def directional_difference(fn, problem, name, direction, eps=1e-4):
+    def at(t):
+        return np.asarray(fn(**{**problem, name: problem[name] + t * direction}))
+
+    return (at(eps) - at(-eps)) / (2 * eps)
+
+
+@pytest.mark.parametrize("case", ["equalities and inequalities", "equalities only"])
+def test_gradients_match_finite_differences(case, rng):
+    problem = random_qp(rng, *CASES[case])
+    weights = rng.normal(size=problem["c"].shape)
+
+    @jax.jit
+    def loss_of(data):
+        sol = implax.qp(**data)
+        return jnp.vdot(weights, sol.primal) + jnp.sum(sol.equality_dual**2) + jnp.sum(sol.inequality_dual**2)
+
+    def loss(**data):
+        return loss_of(data)
+
+    grads = jax.jit(jax.grad(loss_of))(problem)
+    for name, value in problem.items():
+        direction = rng.normal(size=value.shape)
+        if name == "Q":
+            direction = direction + direction.T
+        expected = directional_difference(loss, problem, name, direction)
+        np.testing.assert_allclose(np.vdot(grads[name], direction), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(grads["Q"], grads["Q"].T, atol=1e-12)
+
+
+def test_jacfwd_matches_jacrev(rng):
+    problem = random_qp(rng, 5, 1, 3)
+
+    def primal(data):
+        return implax.qp(**data).primal
+
+    forward = jax.jit(jax.jacfwd(primal))(problem)
+    reverse = jax.jit(jax.jacrev(primal))(problem)
+    for name in problem:
+        assert np.abs(forward[name]).max() > 1e-2, name
+        np.testing.assert_allclose(forward[name], reverse[name], atol=1e-10, err_msg=name)
+
+
+def test_primal_infeasible_status():
+    G = np.vstack([np.eye(3), -np.eye(3)])
+    h = np.array([1.0, 1.0, 1.0, -2.0, 0.0, 0.0])
+    sol = implax.qp(np.eye(3), np.ones(3), G=G, h=h)
+    assert int(sol.stats.status) == QPStatus.PRIMAL_INFEASIBLE
+    assert not bool(sol.stats.converged)
+
+
+def test_inconsistent_equalities_are_primal_infeasible():
+    A = np.array([[1.0, 1.0], [1.0, 1.0]])
+    sol = implax.qp(np.eye(2), np.zeros(2), A=A, b=np.array([0.0, 1.0]))
+    assert int(sol.stats.status) == QPStatus.PRIMAL_INFEASIBLE
+
+
+def test_unbounded_linear_program_status():
+    sol = implax.qp(np.zeros((3, 3)), np.array([-1.0, 0.5, 0.0]), G=-np.eye(3), h=np.zeros(3))
+    assert int(sol.stats.status) == QPStatus.DUAL_INFEASIBLE
+
+
+def test_unbounded_equality_constrained_status():
+    sol = implax.qp(np.zeros((3, 3)), np.array([-1.0, 0.0, 0.0]), A=np.ones((1, 3)), b=np.ones(1))
+    assert int(sol.stats.status) == QPStatus.DUAL_INFEASIBLE
+
+
+def test_relaxed_linear_program_has_smooth_finite_gradients(rng):
+    """Degenerate LP: two optimal vertices tie. The relaxed point is within m·τ of the optimum and smooth."""
+    c = np.array([1.0, 1.0])
+    G = np.vstack([-np.eye(2), -np.ones((1, 2))])
+    h = np.array([0.0, 0.0, -1.0])
+    tau = 1e-3
+
+    def primal(c):
+        return implax.qp(np.zeros((2, 2)), c, G=G, h=h, relaxation=tau).primal
+
+    sol = implax.qp(np.zeros((2, 2)), c, G=G, h=h, relaxation=tau)
+    assert int(sol.stats.status) == QPStatus.SOLVED
+    np.testing.assert_allclose(sol.inequality_dual * (h - G @ sol.primal), tau, rtol=1e-6)
+    assert 1.0 <= c @ sol.primal <= 1.0 + 3 * tau
+    jacobian = jax.jacrev(primal)(c)
+    assert np.all(np.isfinite(jacobian)) and np.abs(jacobian).max() > 1.0
+    direction = rng.normal(size=2)
+    expected = directional_difference(lambda c: primal(c), dict(c=c), "c", direction, eps=1e-7)
+    np.testing.assert_allclose(jacobian @ direction, expected, rtol=1e-5)
+
+
+def test_vmap_sums_gradients_of_shared_parameters(rng):
+    batch, n, m = 6, 5, 8
+    problems = [random_qp(rng, n, 0, m) for _ in range(batch)]
+    Qs = jnp.asarray(np.stack([p["Q"] for p in problems]))
+    cs = jnp.asarray(np.stack([p["c"] for p in problems]))
+    G = jnp.asarray(rng.normal(size=(m, n)))
+    h = jnp.asarray(rng.uniform(0.5, 1.0, size=m))
+
+    def batched(G):
+        x = jax.vmap(lambda Q, c: implax.qp(Q, c, G=G, h=h).primal)(Qs, cs)
+        return jnp.sum(x**2)
+
+    def looped(G):
+        return sum(jnp.sum(implax.qp(Qs[i], cs[i], G=G, h=h).primal ** 2) for i in range(batch))
+
+    np.testing.assert_allclose(jax.jit(jax.grad(batched))(G), jax.grad(looped)(G), rtol=1e-7, atol=1e-10)
+
+
+def test_one_infeasible_problem_does_not_break_the_batch(rng):
+    n = 3
+    G = jnp.asarray(np.vstack([np.eye(n), -np.eye(n)]))
+    h = np.tile(np.ones(2 * n), (4, 1))
+    h[2, n] = -2.0
+    cs = jnp.asarray(rng.normal(size=(4, n)))
+
+    def solve(c, h):
+        return implax.qp(jnp.eye(n), c, G=G, h=h, on_failure="ignore")
+
+    sols = jax.jit(jax.vmap(solve))(cs, jnp.asarray(h))
+    np.testing.assert_array_equal(
+        sols.stats.status, [QPStatus.SOLVED, QPStatus.SOLVED, QPStatus.PRIMAL_INFEASIBLE, QPStatus.SOLVED]
+    )
+    for i in (0, 1, 3):
+        np.testing.assert_allclose(sols.primal[i], np.clip(-np.asarray(cs[i]), -1, 1), atol=1e-7)
+    grads = jax.grad(lambda cs: jnp.sum(jax.vmap(solve)(cs, jnp.asarray(h)).primal[jnp.array([0, 1, 3])]))(cs)
+    inside = np.abs(np.asarray(cs)) < 1
+    np.testing.assert_allclose(np.asarray(grads)[[0, 1, 3]], -inside[[0, 1, 3]].astype(float), atol=1e-6)
+
+
+BAD_INPUTS = {
+    "non-square Q": (dict(Q=np.ones((2, 3)), c=np.ones(2)), "square"),
+    "non-symmetric Q": (dict(Q=np.array([[1.0, 1.0], [0.0, 1.0]]), c=np.ones(2)), "symmetric"),
+    "c of wrong length": (dict(Q=np.eye(2), c=np.ones(3)), "c must have shape"),
+    "A of wrong width": (dict(Q=np.eye(2), c=np.ones(2), A=np.ones((1, 3)), b=np.ones(1)), "A must have shape"),
+    "b of wrong length": (dict(Q=np.eye(2), c=np.ones(2), A=np.ones((1, 2)), b=np.ones(2)), "b must have shape"),
+    "G without h": (dict(Q=np.eye(2), c=np.ones(2), G=np.ones((1, 2))), "given together"),
+    "h of wrong length": (dict(Q=np.eye(2), c=np.ones(2), G=np.ones((3, 2)), h=np.ones(2)), "h must have shape"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_inputs_raise_clear_errors(case):
+    data, message = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        implax.qp(**data)
+
+
+def test_negative_relaxation_raises():
+    with pytest.raises(ValueError, match="relaxation"):
+        implax.qp(np.eye(2), np.ones(2), relaxation=-1.0)

@@ -220,3 +220,46 @@ def test_bad_inputs_raise_clear_errors(case):
 def test_negative_relaxation_raises():
     with pytest.raises(ValueError, match="relaxation"):
         implax.qp(np.eye(2), np.ones(2), relaxation=-1.0)
+
+
+def sparsemax(v):
+    r"""Closed form of :math:`\arg\min_{p \in \Delta} \|p - v\|^2` (Martins & Astudillo, 2016)."""
+    u = np.sort(v)[::-1]
+    k = np.arange(1, v.size + 1)
+    support = 1 + k * u > np.cumsum(u)
+    tau = (np.cumsum(u)[support][-1] - 1) / k[support][-1]
+    return np.maximum(v - tau, 0.0)
+
+
+def test_sparsemax_as_a_qp_matches_its_closed_form(rng):
+    n = 8
+    v = rng.normal(size=n) * 2
+
+    def qp_sparsemax(v):
+        ones = jnp.ones((1, n))
+        return implax.qp(jnp.eye(n), -v, A=ones, b=jnp.ones(1), G=-jnp.eye(n), h=jnp.zeros(n)).primal
+
+    p = sparsemax(v)
+    assert 1 < np.count_nonzero(p) < n
+    np.testing.assert_allclose(qp_sparsemax(v), p, atol=1e-8)
+    support = (p > 0).astype(float)
+    jacobian = np.diag(support) - np.outer(support, support) / support.sum()
+    np.testing.assert_allclose(jax.jacrev(qp_sparsemax)(v), jacobian, atol=1e-7)
+    np.testing.assert_allclose(jax.jacfwd(qp_sparsemax)(v), jacobian, atol=1e-7)
+
+
+def test_projection_onto_a_polyhedron_matches_cvxpy_and_its_jacobian(rng):
+    n, m = 4, 6
+    G = rng.normal(size=(m, n))
+    h = rng.uniform(0.1, 0.5, size=m)
+    y = 3 * rng.normal(size=n)
+
+    def project(y):
+        return implax.qp(jnp.eye(n), -y, G=G, h=h).primal
+
+    x, _, z = cvxpy_solution(np.eye(n), -y, G=G, h=h)
+    np.testing.assert_allclose(project(y), x, atol=1e-6)
+    active = G[z > 1e-6]
+    assert active.shape[0] >= 1
+    nullspace_projector = np.eye(n) - active.T @ np.linalg.solve(active @ active.T, active)
+    np.testing.assert_allclose(jax.jacrev(project)(y), nullspace_projector, atol=1e-7)

@@ -44,6 +44,7 @@ def polygon(sides: int, radius: float, angle: float, centre) -> tuple[np.ndarray
     return normals, radius + normals @ np.asarray(centre)
 
 
+@jax.jit
 def project(params, points):
     """The QP layer on a batch: the projection of each point onto ``{x : G x ≤ h}``."""
     G, h = params
@@ -54,6 +55,7 @@ def project(params, points):
     return jax.vmap(one)(points)
 
 
+@jax.jit
 def loss(params, points, targets):
     return 0.5 * jnp.mean(jnp.sum((project(params, points) - targets) ** 2, axis=1))
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer points and training steps")
     parser.add_argument("--figure-dir", default=None)
     args = parser.parse_args(argv)
-    num_points, num_steps = (64, 150) if args.quick else (256, 600)
+    num_points, num_steps = (32, 100) if args.quick else (256, 600)
 
     rng = np.random.default_rng(0)
     true_params = polygon(SIDES, 1.0, 0.3, (0.4, -0.2))
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     params = (jnp.asarray(G0 + 0.05 * rng.normal(size=G0.shape)), jnp.asarray(h0))
 
     print("gradient of the loss at the initial parameters, implicit against central finite differences:")
-    gradient = jax.flatten_util.ravel_pytree(jax.grad(loss)(params, points, targets))[0]
+    gradient = jax.flatten_util.ravel_pytree(jax.jit(jax.grad(loss))(params, points, targets))[0]
     passed = compare("dL/d(G, h)", gradient, finite_difference_gradient(params, points, targets), 1e-6)
 
     optimizer = optax.adam(2e-2)

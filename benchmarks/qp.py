@@ -12,6 +12,9 @@ solve with the active constraints as equalities).
 from __future__ import annotations
 
 import importlib.util
+import math
+import statistics
+import time
 from collections.abc import Iterator
 
 import jax
@@ -19,13 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import implax
-from benchmarks.harness import Row, measure
+from benchmarks.harness import Measurement, Row, measure
 
-TITLE = "Batched QP layer (batch 128): forward and forward+backward against qpax and JAXopt OSQP"
+TITLE = "Batched QP layer (batch 128): forward and forward+backward against qpax, JAXopt OSQP and cvxpylayers"
 BATCH = 128
 SIZES = (10, 50, 200)
 QUICK_SIZES = (10,)
 BUDGET_S = 3.0
+# cvxpylayers solves the batch one problem at a time on the host: minutes per call beyond this size.
+CVXPYLAYERS_MAX_N = 50
 
 
 def count(quick: bool) -> int:
@@ -97,6 +102,42 @@ def _gradient(solve):
     return gradient
 
 
+def cvxpylayers_rows(case, Q, c, G, h, w, x_ref, grad_ref, repeats=3) -> Iterator[Row]:
+    """cvxpylayers (PyTorch, default solver), timed by hand: it is not a JAX function."""
+    import cvxpy as cp
+    import torch
+    from cvxpylayers.torch import CvxpyLayer
+
+    _, m, n = G.shape
+    x = cp.Variable(n)
+    L, c_p, G_p, h_p = cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter((m, n)), cp.Parameter(m)
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L @ x) + c_p @ x), [G_p @ x <= h_p])
+    layer = CvxpyLayer(problem, parameters=[L, c_p, G_p, h_p], variables=[x])
+    L_t = torch.tensor(np.linalg.cholesky(Q).transpose(0, 2, 1))
+    G_t, w_t = torch.tensor(G), torch.tensor(w)
+
+    def forward(c, h):
+        return layer(L_t, c, G_t, h)[0]
+
+    def forward_backward():
+        c_t, h_t = torch.tensor(c, requires_grad=True), torch.tensor(h, requires_grad=True)
+        (w_t * forward(c_t, h_t)).sum().backward()
+        return np.concatenate([c_t.grad.numpy().ravel(), h_t.grad.numpy().ravel()])
+
+    for name, fn, reference in [
+        ("cvxpylayers (PyTorch) forward", lambda: forward(torch.tensor(c), torch.tensor(h)).numpy(), x_ref),
+        ("cvxpylayers (PyTorch) forward+backward", forward_backward, grad_ref),
+    ]:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            output = fn()
+            times.append(time.perf_counter() - start)
+        error = float(np.max(np.abs(np.ravel(output) - np.ravel(reference))) / np.max(np.abs(reference)))
+        m = Measurement(math.nan, statistics.median(times), repeats, 0, 0, output)
+        yield Row(case, name, m, error=error, note="timed by hand (not JAX); memory not measured")
+
+
 def rows(quick: bool) -> Iterator[Row]:
     for n in QUICK_SIZES if quick else SIZES:
         Q, c, G, h, w = make_problems(n)
@@ -113,3 +154,5 @@ def rows(quick: bool) -> Iterator[Row]:
         for name, m in measure(backward, *args, budget_s=BUDGET_S).items():
             error = float(np.max(np.abs(np.asarray(m.output) - grad_ref)) / np.max(np.abs(grad_ref)))
             yield Row(case, name, m, error=error, note="error: gradient against the active-set KKT reference")
+        if importlib.util.find_spec("cvxpylayers") and n <= CVXPYLAYERS_MAX_N:
+            yield from cvxpylayers_rows(case, Q, c, G, h, w, x_ref, grad_ref)

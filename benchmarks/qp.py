@@ -31,10 +31,13 @@ QUICK_SIZES = (10,)
 BUDGET_S = 3.0
 # cvxpylayers solves the batch one problem at a time on the host: minutes per call beyond this size.
 CVXPYLAYERS_MAX_N = 50
+# JAXopt's OSQP to tol 1e-8 took 70-90 s per batched forward call at n=200 (all 128 elements run until the
+# slowest converges): five timed rounds of each pass would take over ten minutes.
+JAXOPT_MAX_N = 50
 
 
 def count(quick: bool) -> int:
-    return len(QUICK_SIZES if quick else SIZES) * 2 * len(_methods())
+    return sum(2 * len(_methods(n)) for n in (QUICK_SIZES if quick else SIZES))
 
 
 def make_problems(n: int, seed: int = 0):
@@ -81,11 +84,11 @@ def jaxopt_solve(Q, c, G, h):
     return jax.vmap(lambda Q, c, G, h: solver.run(params_obj=(Q, c), params_ineq=(G, h)).params.primal)(Q, c, G, h)
 
 
-def _methods() -> dict:
+def _methods(n: int) -> dict:
     methods = {"implax (interior point)": implax_solve}
     if importlib.util.find_spec("qpax"):
         methods["qpax"] = qpax_solve
-    if importlib.util.find_spec("jaxopt"):
+    if importlib.util.find_spec("jaxopt") and n <= JAXOPT_MAX_N:
         methods["JAXopt OSQP"] = jaxopt_solve
     return methods
 
@@ -144,7 +147,7 @@ def rows(quick: bool) -> Iterator[Row]:
         x_ref = np.asarray(jax.jit(implax_solve)(Q, c, G, h))
         grad_ref = np.concatenate([g.ravel() for g in reference_gradient(Q, c, G, h, w, x_ref)])
         args = tuple(jnp.asarray(v) for v in (Q, c, G, h, w))
-        methods = _methods()
+        methods = _methods(n)
         forward = {f"{name} forward": _forward(solve) for name, solve in methods.items()}
         backward = {f"{name} forward+backward": _gradient(solve) for name, solve in methods.items()}
         case = f"n={n} m={2 * n} batch={BATCH} float64"

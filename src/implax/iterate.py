@@ -36,6 +36,7 @@ class RootProblem:
     fn: Callable
 
     is_fixed_point: ClassVar[bool] = False
+    positive_definite: ClassVar[bool] = False
 
     def residual(self, x, params):
         return self.fn(x, params)
@@ -51,6 +52,7 @@ class FixedPointProblem:
     fn: Callable
 
     is_fixed_point: ClassVar[bool] = True
+    positive_definite: ClassVar[bool] = False
 
     def residual(self, x, params):
         return tree_sub(self.fn(x, params), x)

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from implax import linear
 from implax.checks import check_array_leaves, check_same_shapes
 from implax.engine import custom_root
 from implax.failures import FailurePolicy, check_policy, report_failure
@@ -49,14 +50,19 @@ class Implicit:
 
     Attributes:
       solve: linear solver of the tangent/cotangent system (an :mod:`implax.linear` solver or a callable
-        ``solve(matvec, b)``); ``None`` is :class:`implax.linear.Auto`. Its ``on_failure`` decides what a failed
+        ``solve(matvec, b)``); ``None`` is :class:`implax.linear.Auto`, told that the matrix is positive
+        definite when it is a minimization problem's Hessian. Its ``on_failure`` decides what a failed
         backward solve does.
     """
 
     solve: Any = None
 
     def __call__(self, solver, problem, x0, params):
-        @custom_root(_optimality_fn(problem), solve=self.solve, has_aux=True)
+        solve = self.solve
+        if solve is None and problem.positive_definite:
+            solve = linear.Auto(positive_definite=True)
+
+        @custom_root(_optimality_fn(problem), solve=solve, has_aux=True)
         def run(x0, params):
             return iterate(solver, problem, x0, params)
 
@@ -143,7 +149,7 @@ def solve_problem(problem, x0, params, solver, diff, on_failure: FailurePolicy, 
             f"{name}: calling the problem's function with x0: {describe(x_shape)} and params: "
             f"{describe(params)} failed: {type(error).__name__}: {error}"
         ) from error
-    check_same_shapes(residual_shape, x_shape, f"{name}'s function")
+    check_same_shapes(residual_shape, x_shape, getattr(problem, "fn_name", f"{name}'s function"))
     _check_same_dtypes(residual_shape, x_shape, name)
     x, stats = (Implicit() if diff is None else diff)(solver, problem, x0, params)
     x = report_failure(

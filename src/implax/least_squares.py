@@ -1,0 +1,207 @@
+r"""Nonlinear least squares, :math:`\min_x \tfrac12 \|r(x, \theta)\|^2`: the problem API, Gauss–Newton and
+Levenberg–Marquardt.
+
+A solution satisfies :math:`J_r^\top r = 0` (:func:`implax.conditions.least_squares`), whose Jacobian is the
+Hessian :math:`J_r^\top J_r + \sum_i r_i \nabla^2 r_i` of the objective: symmetric, positive definite at a strict
+minimum, and differentiated with Cholesky or CG. Both solvers are matrix-free: the normal matrix
+:math:`J_r^\top J_r` is applied as a Jacobian-vector product followed by its transpose, and its systems are
+solved by :class:`implax.linear.Auto` (dense Cholesky up to 64 unknowns, CG above) unless ``linear_solver`` says
+otherwise. Stopping is on :math:`\|J_r^\top r\|` relative to its value at ``x0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from implax import conditions, linear
+from implax.failures import FailurePolicy
+from implax.iterate import IterativeSolver
+from implax.linear import solve_linear
+from implax.linesearch import backtrack
+from implax.minimize import MinimizationProblem, check_objective, in_dtype_of_x, problem_for
+from implax.policies import solve_problem
+from implax.solution import Solution
+from implax.tree import tree_add, tree_scale, tree_vdot
+
+__all__ = ["GaussNewton", "LevenbergMarquardt", "least_squares"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeastSquaresProblem(MinimizationProblem):
+    """Minimize ``½‖residuals(x, params)‖²``."""
+
+    residuals: Callable | None = None
+
+
+def least_squares(
+    r: Callable,
+    x0: Any,
+    params: Any = None,
+    solver: IterativeSolver | None = None,
+    diff=None,
+    on_failure: FailurePolicy = "warn",
+) -> Solution:
+    r"""Solves :math:`\min_x \tfrac12 \|r(x, \theta)\|^2`, differentiably in ``params``.
+
+    Args:
+      r: ``r(x, params)``, the residuals: a pytree of arrays of any shapes (their total size is the number of
+        residuals).
+      x0: initial guess (gets no derivative).
+      params: pytree of arrays; what derivatives are taken with respect to.
+      solver: :class:`LevenbergMarquardt` (default), :class:`GaussNewton`, or any solver of
+        :func:`implax.minimize`, which then minimizes the objective :math:`\frac12\|r\|^2`.
+      diff: differentiation policy; default :class:`implax.Implicit` on :math:`J_r^\top r = 0`.
+      on_failure: as for :func:`implax.root`.
+
+    Returns:
+      A :class:`implax.Solution`; ``stats.residual`` is :math:`\|J_r^\top r\|` (the objective's gradient), not
+      :math:`\|r\|`.
+    """
+    solver = LevenbergMarquardt() if solver is None else solver
+
+    @in_dtype_of_x
+    def objective(x, params):
+        flat = ravel_pytree(r(x, params))[0]
+        return 0.5 * jnp.vdot(flat, flat).real
+
+    check_objective(objective, x0, params, "implax.least_squares")
+    if isinstance(solver, _GaussNewtonFamily):
+        problem = LeastSquaresProblem(
+            objective, conditions.least_squares(r), positive_definite=True, fn_name="J_rᵀ r", residuals=r
+        )
+    else:
+        problem = problem_for(solver, objective)
+    return solve_problem(problem, x0, params, solver, diff, on_failure, "implax.least_squares")
+
+
+class _GaussNewtonState(NamedTuple):
+    residual: Any
+    value: jax.Array
+    damping: jax.Array
+    growth: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GaussNewtonFamily(IterativeSolver):
+    linear_solver: Any = None
+
+    def check_problem(self, problem):
+        if not isinstance(problem, LeastSquaresProblem):
+            raise TypeError(f"{type(self).__name__} solves least-squares problems: use implax.least_squares")
+
+    def _linearize(self, problem, x, params):
+        """``(r, J·, Jᵀ·)`` at ``x``."""
+        residuals, jvp = jax.linearize(lambda y: problem.residuals(y, params), x)
+        vjp = jax.linear_transpose(jvp, x)
+        return residuals, jvp, lambda w: vjp(w)[0]
+
+    def _normal_solve(self, jvp, vjp, rhs, damping):
+        r"""Solves :math:`(J^\top J + \mu I)\, \delta = \mathrm{rhs}`."""
+        solver = linear.Auto(positive_definite=True, on_failure="ignore")
+        solver = solver if self.linear_solver is None else self.linear_solver
+
+        def matvec(v):
+            return tree_add(vjp(jvp(v)), tree_scale(damping, v))
+
+        return solve_linear(matvec, rhs, solver)
+
+    def init(self, problem, x, params):
+        residuals, _, vjp = self._linearize(problem, x, params)
+        gradient = vjp(residuals)
+        value = 0.5 * _squared_norm(residuals)
+        # Levenberg–Marquardt sets its damping at the first step (growth 0 marks it unset).
+        zero = jnp.zeros((), value.dtype)
+        return x, _GaussNewtonState(gradient, value, zero, zero)
+
+
+def _squared_norm(tree):
+    return tree_vdot(tree, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussNewton(_GaussNewtonFamily):
+    r"""Gauss–Newton: :math:`J^\top J\, \delta = -J^\top r`, then :math:`x \leftarrow x + t\delta` with the
+    largest :math:`t \in \{1, \frac12, \dots\}` that satisfies Armijo's condition on :math:`\frac12\|r\|^2`.
+
+    Quadratic convergence on zero-residual problems; needs :math:`J` of full column rank (a rank-deficient
+    :math:`J` makes the step non-finite or the line search fail, which the statistics report — use
+    :class:`LevenbergMarquardt` then).
+
+    Attributes:
+      linear_solver: solver of the normal equations; ``None`` is ``implax.linear.Auto(positive_definite=True)``.
+      max_backtracks: halvings tried per step.
+      armijo: the sufficient-decrease constant.
+    """
+
+    max_backtracks: int = 20
+    armijo: float = 1e-4
+
+    def step(self, problem, x, params, state):
+        residuals, jvp, vjp = self._linearize(problem, x, params)
+        gradient = state.residual
+        direction = self._normal_solve(jvp, vjp, tree_scale(-1, gradient), 0.0)
+        slope = tree_vdot(gradient, direction)
+        frozen = jax.lax.stop_gradient((x, direction, params, state.value, slope))
+
+        def accepted(t):
+            x_f, d_f, p_f, value_f, slope_f = frozen
+            trial = 0.5 * _squared_norm(problem.residuals(tree_add(x_f, tree_scale(t, d_f)), p_f))
+            return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
+
+        t, _ = backtrack(accepted, jnp.ones((), state.value.dtype), 0.5, self.max_backtracks)
+        x_new = tree_add(x, tree_scale(t, direction))
+        residuals, _, vjp = self._linearize(problem, x_new, params)
+        return x_new, _GaussNewtonState(vjp(residuals), 0.5 * _squared_norm(residuals), state.damping, state.growth)
+
+
+@dataclasses.dataclass(frozen=True)
+class LevenbergMarquardt(_GaussNewtonFamily):
+    r"""Levenberg–Marquardt: :math:`(J^\top J + \mu I)\, \delta = -J^\top r`, with :math:`\mu` adapted from the
+    gain ratio :math:`\rho` of actual to predicted decrease of :math:`\frac12\|r\|^2` (Nielsen's rule):
+
+    .. math:: \rho > 0:\ x \leftarrow x + \delta,\ \mu \leftarrow \mu \max\big(\tfrac13, 1 - (2\rho - 1)^3\big),
+        \ \nu \leftarrow 2; \qquad \rho \le 0:\ \mu \leftarrow \nu\mu,\ \nu \leftarrow 2\nu .
+
+    The initial :math:`\mu` is ``damping`` times :math:`\|J g\|^2 / \|g\|^2` with :math:`g = J^\top r` (the
+    curvature of the normal matrix along the gradient), so it is invariant to the scale of the problem. Robust
+    to rank-deficient Jacobians and poor starts.
+
+    Attributes:
+      damping: initial relative damping :math:`\tau`.
+      linear_solver: solver of the damped normal equations.
+    """
+
+    damping: float = 1e-3
+
+    def step(self, problem, x, params, state):
+        _, jvp, vjp = self._linearize(problem, x, params)
+        gradient = state.residual
+        gradient_norm2 = _squared_norm(gradient)
+        curvature = _squared_norm(jvp(gradient)) / jnp.where(gradient_norm2 > 0, gradient_norm2, 1)
+        first = state.growth == 0
+        damping = jnp.where(first, self.damping * jnp.where(curvature > 0, curvature, 1), state.damping)
+        growth = jnp.where(first, 2.0, state.growth).astype(state.value.dtype)
+        damping = jax.lax.stop_gradient(damping)
+        direction = self._normal_solve(jvp, vjp, tree_scale(-1, gradient), damping)
+        x_trial = tree_add(x, direction)
+        residuals_trial, _, vjp_trial = self._linearize(problem, x_trial, params)
+        value_trial = 0.5 * _squared_norm(residuals_trial)
+        predicted = 0.5 * tree_vdot(direction, tree_add(tree_scale(damping, direction), tree_scale(-1, gradient)))
+        ratio = (state.value - value_trial) / jnp.where(predicted > 0, predicted, 1)
+        accept = jax.lax.stop_gradient(jnp.isfinite(value_trial) & (predicted > 0) & (ratio > 0))
+        shrink = jnp.maximum(1 / 3, 1 - (2 * ratio - 1) ** 3)
+        new_damping = jax.lax.stop_gradient(jnp.where(accept, damping * shrink, damping * growth))
+        new_growth = jnp.where(accept, 2.0, 2 * growth).astype(state.value.dtype)
+
+        def pick(new, old):
+            return jnp.where(accept, new, old)
+
+        x_new = jax.tree.map(pick, x_trial, x)
+        gradient_new = jax.tree.map(pick, vjp_trial(residuals_trial), gradient)
+        return x_new, _GaussNewtonState(gradient_new, pick(value_trial, state.value), new_damping, new_growth)

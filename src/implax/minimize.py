@@ -1,0 +1,402 @@
+r"""Minimization, :math:`\min_x f(x, \theta) + g(x, \theta)`: the problem API and its first-order and quasi-Newton
+solvers.
+
+Each solver names the optimality condition its solution satisfies (:mod:`implax.conditions`), and the
+differentiation policy (:mod:`implax.policies`) differentiates through that condition, never through the
+iterations:
+
+===================== =============================================== ============================================
+solver                problem                                          condition differentiated
+===================== =============================================== ============================================
+GradientDescent       smooth :math:`f`                                :math:`\nabla_x f = 0` (Hessian: Cholesky/CG)
+LBFGS                 smooth :math:`f` (Optax's L-BFGS, zoom search)  :math:`\nabla_x f = 0` (Hessian: Cholesky/CG)
+ProximalGradient      :math:`f + g`, :math:`g` given by its prox      :math:`x = \mathrm{prox}_{\eta g}(x-\eta\nabla f)`
+ProjectedGradient     :math:`f` over a set given by its projection    :math:`x = P_C(x - \eta\nabla f)`
+MirrorDescent         :math:`f` over (products of) simplices          :math:`x = \mathrm{softmax}(\log x-\eta\nabla f)`
+===================== =============================================== ============================================
+
+The root solvers :class:`implax.Newton` and :class:`implax.Broyden` also minimize, as roots of
+:math:`\nabla_x f`. The proximal operator and the projection receive ``params`` and are differentiated with
+respect to it like the objective.
+
+Stopping uses the gradient mapping :math:`G = (y - T_\eta(y)) / \eta` at the point :math:`y` the last step was
+taken from (for :class:`GradientDescent`, :math:`\nabla f(y)`), relative to its initial norm; ``stats.residual``
+is its norm. Step sizes come from a backtracking search on the sufficient-decrease test
+
+.. math:: f(x^+) \le f(y) + \langle \nabla f(y), x^+ - y\rangle + \tfrac{1}{\eta} D(x^+, y),
+
+with :math:`D = \frac12\|\cdot\|^2` (Euclidean methods) or the Kullback–Leibler divergence (mirror descent),
+starting from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|` at ``x0``, and
+never increasing (which FISTA's convergence needs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from implax import conditions
+from implax.checks import check_array_leaves
+from implax.failures import FailurePolicy
+from implax.iterate import IterativeSolver
+from implax.linesearch import backtrack
+from implax.policies import solve_problem
+from implax.solution import Solution
+from implax.tree import describe, tree_add, tree_norm, tree_scale, tree_sub, tree_vdot
+
+__all__ = ["LBFGS", "GradientDescent", "MirrorDescent", "ProjectedGradient", "ProximalGradient", "minimize"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MinimizationProblem:
+    r"""Minimize ``objective(x, params)``; a solution satisfies ``fn``'s condition.
+
+    Attributes:
+      objective: the smooth part :math:`f`.
+      fn: the condition: a root function :math:`F(x, \theta) = 0`, or a map with :math:`T(x, \theta) = x` when
+        ``is_fixed_point``.
+      is_fixed_point: which of the two ``fn`` is.
+      positive_definite: :math:`\partial_x F` is symmetric positive definite at a strict minimum (the
+        Hessian), so the implicit derivative uses Cholesky or CG.
+      fn_name: what ``fn`` is, for error messages.
+    """
+
+    objective: Callable
+    fn: Callable
+    is_fixed_point: bool = False
+    positive_definite: bool = False
+    fn_name: str = "the objective's gradient"
+
+    def residual(self, x, params):
+        value = self.fn(x, params)
+        return tree_sub(value, x) if self.is_fixed_point else value
+
+    def scale(self, x, initial_residual_norm):
+        return initial_residual_norm
+
+
+def minimize(
+    f: Callable,
+    x0: Any,
+    params: Any = None,
+    solver: IterativeSolver | None = None,
+    diff=None,
+    on_failure: FailurePolicy = "warn",
+) -> Solution:
+    r"""Minimizes :math:`f(x, \theta)` (plus the non-smooth term or constraint the solver carries) over ``x``,
+    differentiably in ``params``.
+
+    Args:
+      f: ``f(x, params)``, returning a real scalar.
+      x0: initial guess (gets no derivative); for :class:`MirrorDescent`, a point of the simplex's relative
+        interior.
+      params: pytree of arrays; what derivatives are taken with respect to (also passed to the solver's prox or
+        projection).
+      solver: :class:`LBFGS` (default), :class:`GradientDescent`, :class:`ProximalGradient`,
+        :class:`ProjectedGradient`, :class:`MirrorDescent`, :class:`implax.Newton` or :class:`implax.Broyden`.
+      diff: differentiation policy (:mod:`implax.policies`); default :class:`implax.Implicit`, which solves the
+        condition's linear system (the Hessian's by Cholesky or CG for smooth problems).
+      on_failure: as for :func:`implax.root`.
+
+    Returns:
+      A :class:`implax.Solution`.
+
+    Raises:
+      TypeError: at trace time, when ``f`` does not return a real scalar, or a prox or projection does not
+        return ``x``'s structure and shapes.
+    """
+    solver = LBFGS() if solver is None else solver
+    check_objective(f, x0, params, "implax.minimize")
+    problem = problem_for(solver, in_dtype_of_x(f))
+    return solve_problem(problem, x0, params, solver, diff, on_failure, "implax.minimize")
+
+
+def check_objective(f, x0, params, name):
+    """Raises ``TypeError`` unless ``f(x0, params)`` is a real floating-point scalar."""
+    check_array_leaves([("x0", x0), ("params", params)], f"{name}:")
+    try:
+        shape = jax.eval_shape(f, x0, params)
+    except Exception as error:
+        raise TypeError(
+            f"{name}: calling the objective with x0: {describe(jax.eval_shape(lambda: x0))} and params: "
+            f"{describe(params)} failed: {type(error).__name__}: {error}"
+        ) from error
+    if not (hasattr(shape, "shape") and shape.shape == () and jnp.issubdtype(shape.dtype, jnp.floating)):
+        raise TypeError(
+            f"{name}: the objective must return a real floating-point scalar; it returned {describe(shape)}"
+        )
+
+
+def in_dtype_of_x(f: Callable) -> Callable:
+    """``f`` with its value cast to the floating dtype of ``x`` (a float64 constant in ``f`` would promote it, and
+    line searches compare values with quantities in ``x``'s dtype)."""
+
+    def cast(x, params):
+        leaves = jax.tree.leaves(x)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+        return f(x, params).astype(dtype)
+
+    return cast
+
+
+def problem_for(solver, objective: Callable) -> MinimizationProblem:
+    """The problem ``solver`` solves for ``objective``: its own condition, or stationarity for a root solver."""
+    if hasattr(solver, "problem"):
+        return solver.problem(objective)
+    return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
+
+
+class _MinimizationSolver(IterativeSolver):
+    def check_problem(self, problem):
+        if not isinstance(problem, MinimizationProblem):
+            raise TypeError(f"{type(self).__name__} minimizes: use it with implax.minimize or implax.least_squares")
+
+
+class _ProximalState(NamedTuple):
+    residual: Any
+    y: Any
+    value: jax.Array
+    grad: Any
+    stepsize: jax.Array
+    momentum: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ProximalMethod(_MinimizationSolver):
+    r"""Steps :math:`x^+ = T_\eta(y)` from :math:`y` (the iterate, or FISTA's extrapolation) with backtracking.
+
+    Attributes:
+      stepsize: a fixed step :math:`\eta`; ``None`` searches it by backtracking (module documentation). The
+        condition differentiated uses this step, or 1 when it is searched.
+      max_backtracks: shrinkings tried per step.
+      decrease: factor applied to the step at each shrinking.
+    """
+
+    stepsize: float | None = None
+    max_backtracks: int = 30
+    decrease: float = 0.5
+
+    accelerated = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.stepsize is not None and not self.stepsize > 0:
+            raise ValueError(f"stepsize must be positive, got {self.stepsize}")
+        if not 0 < self.decrease < 1:
+            raise ValueError(f"decrease must be in (0, 1), got {self.decrease}")
+
+    def step_map(self, y, grad, params, stepsize):
+        """:math:`T_\\eta(y)` given :math:`\\nabla f(y)`."""
+        raise NotImplementedError
+
+    def distance(self, x, y):
+        return 0.5 * tree_vdot(tree_sub(x, y), tree_sub(x, y))
+
+    def condition_stepsize(self):
+        return 1.0 if self.stepsize is None else self.stepsize
+
+    def _gradient_mapping(self, y, grad, params, stepsize):
+        x_new = self.step_map(y, grad, params, stepsize)
+        return x_new, tree_scale(1 / stepsize, tree_sub(y, x_new))
+
+    def init(self, problem, x, params):
+        value, grad = jax.value_and_grad(problem.objective)(x, params)
+        stepsize = self._initial_stepsize(problem, x, grad, params)
+        _, residual = self._gradient_mapping(x, grad, params, stepsize)
+        one = jnp.ones((), stepsize.dtype)
+        return x, _ProximalState(residual, x, value, grad, stepsize, one)
+
+    def _initial_stepsize(self, problem, x, grad, params):
+        dtype = jnp.result_type(*jax.tree.leaves(x))
+        if self.stepsize is not None:
+            return jnp.asarray(self.stepsize, dtype)
+        # 1 / L̂ with L̂ the curvature along the gradient, ‖∇²f g‖ / ‖g‖ (one Hessian-vector product).
+        curvature = jax.jvp(lambda y: jax.grad(problem.objective)(y, params), (x,), (grad,))[1]
+        grad_norm, curvature_norm = tree_norm(grad), tree_norm(curvature)
+        usable = (grad_norm > 0) & (curvature_norm > 0) & jnp.isfinite(curvature_norm)
+        estimate = grad_norm / jnp.where(usable, curvature_norm, 1)
+        return jax.lax.stop_gradient(jnp.where(usable, estimate, 1).astype(dtype))
+
+    def _search(self, problem, y, value, grad, params, stepsize):
+        if self.stepsize is not None:
+            return stepsize
+        y, value, grad, params = jax.lax.stop_gradient((y, value, grad, params))
+
+        def accepted(eta):
+            x_new = self.step_map(y, grad, params, eta)
+            bound = value + tree_vdot(grad, tree_sub(x_new, y)) + self.distance(x_new, y) / eta
+            trial = problem.objective(x_new, params)
+            # A relative slack absorbs rounding in f(x⁺) − f(y) once the decrease is below machine precision.
+            slack = 10 * jnp.finfo(value.dtype).eps * jnp.abs(value)
+            return jnp.isfinite(trial) & (trial <= bound + slack)
+
+        eta, _ = backtrack(accepted, stepsize, self.decrease, self.max_backtracks)
+        return eta
+
+    def step(self, problem, x, params, state):
+        stepsize = self._search(problem, state.y, state.value, state.grad, params, state.stepsize)
+        x_new, residual = self._gradient_mapping(state.y, state.grad, params, stepsize)
+        momentum = state.momentum
+        y = x_new
+        if self.accelerated:
+            momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
+            y = tree_add(x_new, tree_scale((state.momentum - 1) / momentum, tree_sub(x_new, x)))
+        value, grad = jax.value_and_grad(problem.objective)(y, params)
+        return x_new, _ProximalState(residual, y, value, grad, stepsize, momentum)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _EuclideanMethod(_ProximalMethod):
+    """Attributes:
+    acceleration: FISTA's extrapolation (:math:`y = x^+` without it)."""
+
+    acceleration: bool = True
+
+    @property
+    def accelerated(self):
+        return self.acceleration
+
+
+@dataclasses.dataclass(frozen=True)
+class ProximalGradient(_EuclideanMethod):
+    r"""Proximal gradient descent for :math:`\min_x f(x, \theta) + g(x, \theta)`, accelerated by FISTA.
+
+    .. math:: x^+ = \mathrm{prox}_{\eta g}(y - \eta \nabla f(y)), \qquad
+        y \leftarrow x^+ + \tfrac{t_k - 1}{t_{k+1}} (x^+ - x), \quad t_{k+1} = \tfrac{1 + \sqrt{1 + 4t_k^2}}{2} .
+
+    Attributes:
+      prox: ``prox(v, params, step)``, :math:`\operatorname{argmin}_u \frac12\|u - v\|^2 + \mathrm{step}\cdot
+        g(u, \theta)` (:mod:`implax.prox`); ``None`` means :math:`g = 0`.
+      acceleration: FISTA's extrapolation (keyword).
+    """
+
+    prox: Callable | None = None
+
+    def step_map(self, y, grad, params, stepsize):
+        v = tree_sub(y, tree_scale(stepsize, grad))
+        return v if self.prox is None else self.prox(v, params, stepsize)
+
+    def problem(self, objective):
+        step = conditions.proximal_gradient_step(objective, self.prox, self.condition_stepsize())
+        return MinimizationProblem(objective, step, is_fixed_point=True, fn_name="the prox-gradient step (its prox)")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientDescent(_EuclideanMethod):
+    r"""Gradient descent :math:`x^+ = y - \eta \nabla f(y)` with backtracking, accelerated by Nesterov/FISTA
+    extrapolation (``acceleration``); its solution is differentiated through :math:`\nabla_x f = 0`.
+    """
+
+    def step_map(self, y, grad, params, stepsize):
+        return tree_sub(y, tree_scale(stepsize, grad))
+
+    def problem(self, objective):
+        return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectedGradient(_EuclideanMethod):
+    r"""Projected gradient descent for :math:`\min_{x \in C(\theta)} f(x, \theta)`, accelerated by FISTA:
+    :math:`x^+ = P_C(y - \eta \nabla f(y))`.
+
+    Attributes:
+      projection: ``projection(v, params)``, the Euclidean projection onto :math:`C(\theta)`
+        (:mod:`implax.projections`).
+      acceleration: FISTA's extrapolation (keyword).
+    """
+
+    projection: Callable | None = None
+
+    def check_problem(self, problem):
+        super().check_problem(problem)
+        if self.projection is None:
+            raise TypeError("ProjectedGradient needs a projection: ProjectedGradient(projection=fn(v, params))")
+
+    def step_map(self, y, grad, params, stepsize):
+        return self.projection(tree_sub(y, tree_scale(stepsize, grad)), params)
+
+    def problem(self, objective):
+        fn = conditions.projected_gradient_step(objective, self.projection, self.condition_stepsize())
+        return MinimizationProblem(
+            objective, fn, is_fixed_point=True, fn_name="the projected-gradient step (its projection)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorDescent(_ProximalMethod):
+    r"""Mirror descent with the entropy over the simplex (exponentiated gradient), for
+    :math:`\min_x f(x, \theta)` with each slice of ``x`` along ``axis`` a probability vector:
+
+    .. math:: x^+_i = \frac{y_i\, e^{-\eta\, \partial_i f(y)}}{\sum_j y_j\, e^{-\eta\, \partial_j f(y)}} .
+
+    The step is searched by backtracking with the Kullback–Leibler divergence as the distance. ``x0`` must lie
+    in the relative interior (all entries positive), e.g. the uniform distribution.
+
+    Attributes:
+      axis: the axis along which ``x`` sums to one (a matrix with ``axis=-1`` is a product of row simplices).
+    """
+
+    axis: int = -1
+
+    def step_map(self, y, grad, params, stepsize):
+        return jax.nn.softmax(jnp.log(y) - stepsize * grad, axis=self.axis)
+
+    def distance(self, x, y):
+        return jnp.sum(jax.scipy.special.xlogy(x, x) - jax.scipy.special.xlogy(x, y))
+
+    def init(self, problem, x, params):
+        if len(jax.tree.leaves(x)) != 1:
+            raise TypeError(f"MirrorDescent works on one array; x0 is {describe(x)}")
+        return super().init(problem, x, params)
+
+    def problem(self, objective):
+        step = conditions.entropic_mirror_step(objective, self.condition_stepsize(), self.axis)
+        return MinimizationProblem(objective, step, is_fixed_point=True, fn_name="the mirror-descent step")
+
+
+class _LBFGSState(NamedTuple):
+    residual: Any
+    value: jax.Array
+    optimizer_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LBFGS(_MinimizationSolver):
+    r"""Limited-memory BFGS with a zoom line search (strong Wolfe conditions): :func:`optax.lbfgs` run in
+    implax's loop, differentiated through :math:`\nabla_x f = 0`.
+
+    Attributes:
+      memory: number of curvature pairs kept.
+      max_linesearch_steps: evaluations allowed per line search.
+    """
+
+    memory: int = 10
+    max_linesearch_steps: int = 30
+
+    def _optimizer(self):
+        linesearch = optax.scale_by_zoom_linesearch(self.max_linesearch_steps)
+        return optax.lbfgs(memory_size=self.memory, linesearch=linesearch)
+
+    def problem(self, objective):
+        return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
+
+    def init(self, problem, x, params):
+        value, grad = jax.value_and_grad(problem.objective)(x, params)
+        return x, _LBFGSState(grad, value, self._optimizer().init(x))
+
+    def step(self, problem, x, params, state):
+        def value_fn(y):
+            return problem.objective(y, params)
+
+        updates, optimizer_state = self._optimizer().update(
+            state.residual, state.optimizer_state, x, value=state.value, grad=state.residual, value_fn=value_fn
+        )
+        x = optax.apply_updates(x, updates)
+        value, grad = optax.value_and_grad_from_state(value_fn)(x, state=optimizer_state)
+        return x, _LBFGSState(grad, value, optimizer_state)

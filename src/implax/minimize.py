@@ -45,7 +45,7 @@ from implax.checks import check_array_leaves
 from implax.failures import FailurePolicy
 from implax.iterate import IterativeSolver
 from implax.linesearch import backtrack
-from implax.policies import solve_problem
+from implax.policies import Phantom, solve_problem
 from implax.solution import Solution
 from implax.tree import describe, tree_add, tree_norm, tree_scale, tree_sub, tree_vdot
 
@@ -113,7 +113,22 @@ def minimize(
     solver = LBFGS() if solver is None else solver
     check_objective(f, x0, params, "implax.minimize")
     problem = problem_for(solver, in_dtype_of_x(f))
+    check_policy_fits(solver, problem, diff)
     return solve_problem(problem, x0, params, solver, diff, on_failure, "implax.minimize")
+
+
+def check_policy_fits(solver, problem, diff) -> None:
+    r"""Raises ``ValueError`` for JFB or Phantom on a fixed-point condition whose step was not chosen.
+
+    Those policies differentiate applications of the condition's map :math:`T_\eta`, which is a contraction
+    only for :math:`\eta` below about :math:`2 / L`; a searched step leaves :math:`\eta = 1`, which may not be.
+    """
+    if isinstance(diff, Phantom) and problem.is_fixed_point and getattr(solver, "stepsize", 0) is None:
+        raise ValueError(
+            f"{type(diff).__name__} differentiates the map of {type(solver).__name__}'s optimality condition, "
+            f"whose step is 1 unless the solver has a fixed one; give it stepsize=η with η ≤ 1/L (L the Lipschitz "
+            f"constant of the gradient), or use implax.Implicit()"
+        )
 
 
 def check_objective(f, x0, params, name):

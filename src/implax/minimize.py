@@ -386,6 +386,9 @@ class LBFGS(_MinimizationSolver):
     r"""Limited-memory BFGS with a zoom line search (strong Wolfe conditions): :func:`optax.lbfgs` run in
     implax's loop, differentiated through :math:`\nabla_x f = 0`.
 
+    Under :class:`implax.Unrolled` only forward mode (``jax.jvp``, ``jax.jacfwd``) passes through the zoom line
+    search, a ``while_loop``; for unrolled reverse-mode derivatives use :class:`GradientDescent`.
+
     Attributes:
       memory: number of curvature pairs kept.
       max_linesearch_steps: evaluations allowed per line search.

@@ -51,6 +51,7 @@ EXAMPLES = (
     Example("brachistochrone", ("--steps", "60"), _brachistochrone),
     Example("scipy_root", ("--n", "20", "--grid", "8"), _scipy_root),
     Example("fixed_point_layer", ("--quick",), lambda results: results["summary"]),
+    Example("ridge_diabetes", ("--quick",), lambda results: results["summary"]),
 )
 
 

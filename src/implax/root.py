@@ -14,6 +14,7 @@ from implax import linear
 from implax.failures import FailurePolicy
 from implax.iterate import IterativeSolver, RootProblem
 from implax.linear import solve_linear
+from implax.linesearch import backtrack
 from implax.policies import solve_problem
 from implax.solution import Solution
 from implax.tree import tree_add, tree_norm, tree_scale
@@ -56,29 +57,16 @@ def _backtrack(problem, x, dx, params, residual_norm, max_backtracks, armijo):
     r"""Largest :math:`t \in \{1, \frac12, \frac14, \dots\}` with
     :math:`\|F(x + t\,\delta)\| \le (1 - c\, t)\, \|F(x)\|`; the smallest tried if none passes.
 
-    The step size is a piecewise-constant function of the problem, so it carries no derivative.
-
     Returns:
-      ``(t, accepted)``: the step size and whether it passed the test.
+      ``(t, accepted)``: the step size (no derivative) and whether it passed the test.
     """
+    x, dx, params, residual_norm = jax.lax.stop_gradient((x, dx, params, residual_norm))
 
-    def trial_norm(t):
-        return tree_norm(problem.residual(tree_add(x, tree_scale(t, dx)), params))
-
-    def accepted(t, norm):
+    def accepted(t):
+        norm = tree_norm(problem.residual(tree_add(x, tree_scale(t, dx)), params))
         return jnp.isfinite(norm) & (norm <= (1 - armijo * t) * residual_norm)
 
-    def rejected(carry):
-        t, norm, k = carry
-        return (k < max_backtracks) & ~accepted(t, norm)
-
-    def halve(carry):
-        t, _, k = carry
-        return t / 2, trial_norm(t / 2), k + 1
-
-    one = jnp.ones((), residual_norm.dtype)
-    t, norm, _ = jax.lax.while_loop(rejected, halve, (one, trial_norm(one), 0))
-    return jax.lax.stop_gradient(t), jax.lax.stop_gradient(accepted(t, norm))
+    return backtrack(accepted, jnp.ones((), residual_norm.dtype), 0.5, max_backtracks)
 
 
 class _ResidualState(NamedTuple):

@@ -122,6 +122,12 @@ def hypergradient_descent(
     """Adam on :math:`u` with a cosine-decayed learning rate; returns the last :math:`u` and the path of
     :math:`u` and :math:`L(u)` (one entry per evaluation)."""
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3))
+
+    @jax.jit
+    def update(grad, state, u):
+        updates, state = optimizer.update(grad, state)
+        return optax.apply_updates(u, updates), state
+
     u = jnp.asarray(log_lam)
     state = optimizer.init(u)
     path, losses = [], []
@@ -131,8 +137,7 @@ def hypergradient_descent(
         path.append(float(u))
         losses.append(float(value))
         progress.set_postfix(lam=f"{float(jnp.exp(u)):.4g}", loss=f"{losses[-1]:.6f}", refresh=False)
-        updates, state = optimizer.update(grad, state)
-        u = optax.apply_updates(u, updates)
+        u, state = update(grad, state, u)
     progress.close()
     (value, _), _ = value_and_grad(u)
     path.append(float(u))

@@ -52,6 +52,7 @@ EXAMPLES = (
     Example("scipy_root", ("--n", "20", "--grid", "8"), _scipy_root),
     Example("fixed_point_layer", ("--quick",), lambda results: results["summary"]),
     Example("ridge_diabetes", ("--quick",), lambda results: results["summary"]),
+    Example("lasso_hyperparameter", ("--quick",), lambda results: results["summary"]),
 )
 
 

@@ -53,6 +53,7 @@ EXAMPLES = (
     Example("fixed_point_layer", ("--quick",), lambda results: results["summary"]),
     Example("ridge_diabetes", ("--quick",), lambda results: results["summary"]),
     Example("lasso_hyperparameter", ("--quick",), lambda results: results["summary"]),
+    Example("logistic_regularization", ("--quick",), lambda results: results["summary"]),
 )
 
 

@@ -249,7 +249,7 @@ PROBLEMS = (
         np.zeros(10),
         np.array(0.1),
         ridge_sklearn,
-        (implax.GradientDescent(max_steps=1000), implax.Newton()),
+        (implax.GradientDescent(max_steps=1000),),
     ),
     Problem(
         "lasso",
@@ -278,7 +278,7 @@ PROBLEMS = (
         np.zeros(8),
         np.array(0.5),
         logistic_sklearn,
-        (implax.LBFGS(), implax.GradientDescent(max_steps=2000), implax.Newton()),
+        (implax.LBFGS(), implax.Newton()),
     ),
     Problem(
         "rosenbrock",

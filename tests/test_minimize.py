@@ -147,16 +147,9 @@ def test_jacfwd_equals_jacrev(name):
     np.testing.assert_allclose(jacfwd, jacrev, rtol=1e-9, atol=1e-11)
 
 
-# --- the backtracking line search near the solution (bugs: strict expected failures) -----------------------------
+# --- the backtracking line search near the solution -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="MirrorDescent's backtracking fails once f's decrease is below rounding (the KL distance, a difference "
-    "of x log x terms, cancels); the step then collapses to ~1e-10 and never recovers, so the default tolerance "
-    "is never reached",
-)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_mirror_descent_backtracking_reaches_default_tolerance(dtype):
     problem = BY_NAME["simplex_interior"]
@@ -170,13 +163,6 @@ def test_mirror_descent_backtracking_reaches_default_tolerance(dtype):
     assert sol.stats.converged, sol.stats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ProjectedGradient's backtracking on the simplex collapses the step to ~1e-9 near the solution; then "
-    "y − η∇f projects back onto y exactly, and the gradient mapping reads 0: converged=True, residual=0, while "
-    "the returned point is 1e-7 from the optimum (its true residual 1e-8)",
-)
 def test_projected_gradient_backtracking_on_simplex_with_active_bound():
     problem = BY_NAME["simplex_sparse"]
     sol = implax.minimize(problem.objective, jnp.full(4, 0.25), jnp.asarray(problem.params), solver=PROJECTED_SIMPLEX)
@@ -390,12 +376,6 @@ def test_non_convergence_is_reported_and_warns():
     assert sol.stats.residual > 1e-3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the first-order methods report the gradient mapping at the point the last step was taken from (the "
-    "previous iterate, or FISTA's extrapolation), not at the returned value as Stats.residual documents",
-)
 @pytest.mark.parametrize("acceleration", [True, False], ids=["accelerated", "plain"])
 def test_residual_is_measured_at_the_returned_value(acceleration):
     solver = implax.GradientDescent(max_steps=2, acceleration=acceleration)
@@ -480,12 +460,6 @@ def test_infeasible_box_projection():
         _infeasible_box()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="solve_problem (policies.py) re-raises any exception of the problem's function at trace time as a "
-    "TypeError, so projections.box's ValueError for an empty box reaches the caller as a TypeError",
-)
 def test_infeasible_box_projection_raises_value_error():
     with pytest.raises(ValueError, match="infeasible box"):
         _infeasible_box()

@@ -92,6 +92,11 @@ class IterativeSolver:
     def check_problem(self, problem) -> None:
         """Raises ``TypeError`` if this solver cannot solve ``problem``'s kind."""
 
+    def final_residual(self, problem, x, params, state) -> Any:
+        """The residual at the returned ``x``; solvers whose state holds it elsewhere (at an extrapolated point)
+        recompute it here, once per solve."""
+        return state.residual
+
     def tolerances(self, x):
         leaves = jax.tree.leaves(x)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
@@ -140,8 +145,8 @@ def _running(solver, problem, carry, initial_residual):
     return (carry.residual > threshold) & jnp.isfinite(carry.residual)
 
 
-def _finish(solver, problem, carry, initial_residual):
-    x, residual = carry.x, carry.residual
+def _finish(solver, problem, params, carry, initial_residual):
+    x, residual = carry.x, tree_norm(solver.final_residual(problem, carry.x, params, carry.state))
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
     rtol, atol = solver.tolerances(x)
@@ -170,7 +175,7 @@ def iterate(solver: IterativeSolver, problem, x0, params):
         return (carry.num_steps < solver.max_steps) & _running(solver, problem, carry, initial_residual)
 
     carry = jax.lax.while_loop(cond, lambda carry: _advance(solver, problem, params, carry), carry)
-    return _finish(solver, problem, carry, initial_residual)
+    return _finish(solver, problem, params, carry, initial_residual)
 
 
 def iterate_unrolled(solver: IterativeSolver, problem, x0, params):
@@ -186,4 +191,4 @@ def iterate_unrolled(solver: IterativeSolver, problem, x0, params):
         return jax.tree.map(lambda new, old: jnp.where(running, new, old), advanced, carry), None
 
     carry, _ = jax.lax.scan(body, carry, length=solver.max_steps)
-    return _finish(solver, problem, carry, initial_residual)
+    return _finish(solver, problem, params, carry, initial_residual)

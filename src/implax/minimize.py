@@ -19,9 +19,12 @@ The root solvers :class:`implax.Newton` and :class:`implax.Broyden` also minimiz
 :math:`\nabla_x f`. The proximal operator and the projection receive ``params`` and are differentiated with
 respect to it like the objective.
 
-Stopping uses the gradient mapping :math:`G = (y - T_\eta(y)) / \eta` at the point :math:`y` the last step was
-taken from (for :class:`GradientDescent`, :math:`\nabla f(y)`), relative to its initial norm; ``stats.residual``
-is its norm. Step sizes come from a backtracking search on the sufficient-decrease test
+Stopping uses the norm of the gradient mapping :math:`G = (x - T_\eta(x)) / \eta` (for :class:`GradientDescent`,
+:math:`\nabla f(x)`) relative to its value at ``x0``; ``stats.residual`` is its norm at the returned ``x``. With
+FISTA's extrapolation the loop measures it at the extrapolated point, where the gradient is at hand, and the
+reported residual is evaluated at ``x`` once, after the loop.
+
+Step sizes come from a backtracking search on the sufficient-decrease test
 
 .. math:: f(x^+) \le f(y) + \langle \nabla f(y), x^+ - y\rangle + \tfrac{1}{\eta} D(x^+, y),
 
@@ -238,24 +241,30 @@ class _ProximalMethod(_MinimizationSolver):
         estimate = grad_norm / jnp.where(usable, curvature_norm, 1)
         return jax.lax.stop_gradient(jnp.where(usable, estimate, 1).astype(dtype))
 
-    def _search(self, problem, y, value, grad, params, stepsize):
+    def _search(self, problem, state, params):
+        y, value, grad, stepsize = state.y, state.value, state.grad, state.stepsize
         if self.stepsize is not None:
             return stepsize
         y, value, grad, params = jax.lax.stop_gradient((y, value, grad, params))
 
         def accepted(eta):
             x_new = self.step_map(y, grad, params, eta)
-            bound = value + tree_vdot(grad, tree_sub(x_new, y)) + self.distance(x_new, y) / eta
+            distance = self.distance(x_new, y)
+            bound = value + tree_vdot(grad, tree_sub(x_new, y)) + distance / eta
             trial = problem.objective(x_new, params)
-            # A relative slack absorbs rounding in f(x⁺) − f(y) once the decrease is below machine precision.
-            slack = 10 * jnp.finfo(value.dtype).eps * jnp.abs(value)
-            return jnp.isfinite(trial) & (trial <= bound + slack)
+            # A step too small to move y passes the test trivially; it is no step.
+            return jnp.isfinite(trial) & (distance > 0) & (trial <= bound)
 
-        eta, _ = backtrack(accepted, stepsize, self.decrease, self.max_backtracks)
-        return eta
+        eta, ok = backtrack(accepted, stepsize, self.decrease, self.max_backtracks)
+        # The decrease a step promises is D(x⁺, y) / η. Once it is below the precision of f the test fails on
+        # rounding at every step size, and shrinking would collapse the step (with a gradient mapping that
+        # vanishes as if converged): then, and when the search fails, keep the step that held so far.
+        promised = self.distance(self.step_map(y, grad, params, stepsize), y) / stepsize
+        rounding = promised <= 100 * jnp.finfo(value.dtype).eps * jnp.abs(value)
+        return jnp.where(ok & ~rounding, eta, stepsize)
 
     def step(self, problem, x, params, state):
-        stepsize = self._search(problem, state.y, state.value, state.grad, params, state.stepsize)
+        stepsize = self._search(problem, state, params)
         x_new, residual = self._gradient_mapping(state.y, state.grad, params, stepsize)
         momentum = state.momentum
         y = x_new
@@ -263,7 +272,17 @@ class _ProximalMethod(_MinimizationSolver):
             momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
             y = tree_add(x_new, tree_scale((state.momentum - 1) / momentum, tree_sub(x_new, x)))
         value, grad = jax.value_and_grad(problem.objective)(y, params)
+        if not self.accelerated:
+            # y = x⁺, whose gradient is at hand: the residual is the gradient mapping at the returned iterate.
+            residual = self._gradient_mapping(y, grad, params, stepsize)[1]
         return x_new, _ProximalState(residual, y, value, grad, stepsize, momentum)
+
+    def final_residual(self, problem, x, params, state):
+        if not self.accelerated:
+            return state.residual
+        # FISTA stops on the gradient mapping at the extrapolated point; the reported one is at x.
+        grad = jax.grad(problem.objective)(x, params)
+        return self._gradient_mapping(x, grad, params, state.stepsize)[1]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -363,7 +382,9 @@ class MirrorDescent(_ProximalMethod):
         return jax.nn.softmax(jnp.log(y) - stepsize * grad, axis=self.axis)
 
     def distance(self, x, y):
-        return jnp.sum(jax.scipy.special.xlogy(x, x) - jax.scipy.special.xlogy(x, y))
+        # KL(x‖y) = Σ y φ(x/y − 1) with φ(u) = (1 + u) log1p(u) − u ≥ 0: no cancellation when x ≈ y.
+        u = x / y - 1
+        return jnp.sum(y * ((1 + u) * jnp.log1p(u) - u))
 
     def init(self, problem, x, params):
         if len(jax.tree.leaves(x)) != 1:

@@ -144,6 +144,8 @@ def solve_problem(problem, x0, params, solver, diff, on_failure: FailurePolicy, 
     x_shape = jax.eval_shape(lambda x: x, x0)
     try:
         residual_shape = jax.eval_shape(problem.fn, x0, params)
+    except ValueError:
+        raise  # a value the function checks itself, e.g. an infeasible box
     except Exception as error:
         raise TypeError(
             f"{name}: calling the problem's function with x0: {describe(x_shape)} and params: "

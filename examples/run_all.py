@@ -54,6 +54,7 @@ EXAMPLES = (
     Example("ridge_diabetes", ("--quick",), lambda results: results["summary"]),
     Example("lasso_hyperparameter", ("--quick",), lambda results: results["summary"]),
     Example("logistic_regularization", ("--quick",), lambda results: results["summary"]),
+    Example("svm_digits", ("--quick",), lambda results: results["summary"]),
 )
 
 

@@ -29,8 +29,9 @@ Step sizes come from a backtracking search on the sufficient-decrease test
 .. math:: f(x^+) \le f(y) + \langle \nabla f(y), x^+ - y\rangle + \tfrac{1}{\eta} D(x^+, y),
 
 with :math:`D = \frac12\|\cdot\|^2` (Euclidean methods) or the Kullback–Leibler divergence (mirror descent),
-starting from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|` at ``x0``, and
-never increasing (which FISTA's convergence needs).
+starting from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|` at ``x0``. The
+Euclidean methods never increase it (which FISTA's convergence needs); mirror descent, whose geometry that
+estimate does not measure, tries twice the last step at each search.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ class _ProximalMethod(_MinimizationSolver):
     decrease: float = 0.5
 
     accelerated = False
+    grows = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -255,7 +257,9 @@ class _ProximalMethod(_MinimizationSolver):
             # A step too small to move y passes the test trivially; it is no step.
             return jnp.isfinite(trial) & (distance > 0) & (trial <= bound)
 
-        eta, ok = backtrack(accepted, stepsize, self.decrease, self.max_backtracks)
+        eta, ok = backtrack(
+            accepted, stepsize / self.decrease if self.grows else stepsize, self.decrease, self.max_backtracks
+        )
         # The decrease a step promises is D(x⁺, y) / η. Once it is below the precision of f the test fails on
         # rounding at every step size, and shrinking would collapse the step (with a gradient mapping that
         # vanishes as if converged): then, and when the search fails, keep the step that held so far.
@@ -377,6 +381,10 @@ class MirrorDescent(_ProximalMethod):
     """
 
     axis: int = -1
+
+    # The initial step 1 / L̂ measures curvature in the Euclidean norm, not in the entropy's geometry, where the
+    # admissible step can be much larger: each search first tries to grow the step.
+    grows = True
 
     def step_map(self, y, grad, params, stepsize):
         return jax.nn.softmax(jnp.log(y) - stepsize * grad, axis=self.axis)

@@ -9,7 +9,7 @@ iterations:
 solver                problem                                          condition differentiated
 ===================== =============================================== ============================================
 GradientDescent       smooth :math:`f`                                :math:`\nabla_x f = 0` (Hessian: Cholesky/CG)
-LBFGS                 smooth :math:`f` (Optax's L-BFGS, zoom search)  :math:`\nabla_x f = 0` (Hessian: Cholesky/CG)
+LBFGS                 smooth :math:`f` (limited-memory BFGS)          :math:`\nabla_x f = 0` (Hessian: Cholesky/CG)
 ProximalGradient      :math:`f + g`, :math:`g` given by its prox      :math:`x = \mathrm{prox}_{\eta g}(x-\eta\nabla f)`
 ProjectedGradient     :math:`f` over a set given by its projection    :math:`x = P_C(x - \eta\nabla f)`
 MirrorDescent         :math:`f` over (products of) simplices          :math:`x = \mathrm{softmax}(\log x-\eta\nabla f)`
@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+from jax.flatten_util import ravel_pytree
 
 from implax import conditions
 from implax.checks import check_array_leaves
@@ -407,43 +407,115 @@ class MirrorDescent(_ProximalMethod):
 class _LBFGSState(NamedTuple):
     residual: Any
     value: jax.Array
-    optimizer_state: Any
+    s: jax.Array
+    y: jax.Array
+    rho: jax.Array
+    gamma: jax.Array
+    count: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class LBFGS(_MinimizationSolver):
-    r"""Limited-memory BFGS with a zoom line search (strong Wolfe conditions): :func:`optax.lbfgs` run in
-    implax's loop, differentiated through :math:`\nabla_x f = 0`.
+    r"""Limited-memory BFGS with Armijo backtracking, differentiated through :math:`\nabla_x f = 0`.
 
-    Under :class:`implax.Unrolled` only forward mode (``jax.jvp``, ``jax.jacfwd``) passes through the zoom line
-    search, a ``while_loop``; for unrolled reverse-mode derivatives use :class:`GradientDescent`.
+    The direction is :math:`-H g` with :math:`H` the inverse-Hessian approximation of the last ``memory`` pairs
+    :math:`s_i = x_{i+1} - x_i`, :math:`y_i = \nabla f(x_{i+1}) - \nabla f(x_i)` (two-loop recursion) and the
+    initial scale :math:`\gamma = s^\top y / y^\top y` of the newest pair (:math:`\|g\| / \|\nabla^2 f\, g\|`
+    before the first, from one Hessian-vector product). The step :math:`t \in \{1, \frac12, \dots\}` is the
+    largest with :math:`f(x + t d) \le f(x) + c\, t\, g^\top d` (:math:`t = 1` once the decrease
+    :math:`|g^\top d|` is below the precision of :math:`f`, where the test would fail on rounding). A pair with
+    :math:`s^\top y \le 0` (possible without the Wolfe curvature condition, on nonconvex :math:`f`) is not
+    stored, so :math:`H` stays positive definite; a direction that is not a descent direction is replaced by
+    :math:`-\gamma g`.
+
+    Optax's :func:`optax.lbfgs` with its zoom line search was measured against this on L2 logistic regression on
+    breast cancer (400 × 31, float64, rtol 1e-8): 31 against 28 iterations, 0.65 against 0.58 ms per solve,
+    0.94 against 0.76 ms per hypergradient, 1.6 against 1.0 s to compile; and its line search, a
+    ``while_loop`` with tangents in its carry, cannot be reverse-differentiated under :class:`implax.Unrolled`,
+    which this one can (its step size carries no derivative).
 
     Attributes:
-      memory: number of curvature pairs kept.
-      max_linesearch_steps: evaluations allowed per line search.
+      memory: number of pairs kept.
+      max_backtracks: halvings tried per step.
+      armijo: the sufficient-decrease constant :math:`c`.
     """
 
     memory: int = 10
-    max_linesearch_steps: int = 30
-
-    def _optimizer(self):
-        linesearch = optax.scale_by_zoom_linesearch(self.max_linesearch_steps)
-        return optax.lbfgs(memory_size=self.memory, linesearch=linesearch)
+    max_backtracks: int = 30
+    armijo: float = 1e-4
 
     def problem(self, objective):
         return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
 
     def init(self, problem, x, params):
         value, grad = jax.value_and_grad(problem.objective)(x, params)
-        return x, _LBFGSState(grad, value, self._optimizer().init(x))
+        flat, _ = ravel_pytree(x)
+        zeros = jnp.zeros((self.memory, flat.size), flat.dtype)
+        curvature = jax.jvp(lambda y: jax.grad(problem.objective)(y, params), (x,), (grad,))[1]
+        grad_norm, curvature_norm = tree_norm(grad), tree_norm(curvature)
+        usable = (grad_norm > 0) & (curvature_norm > 0) & jnp.isfinite(curvature_norm)
+        gamma = jnp.where(usable, grad_norm / jnp.where(usable, curvature_norm, 1), 1).astype(flat.dtype)
+        rho = jnp.zeros(self.memory, flat.dtype)
+        return x, _LBFGSState(grad, value, zeros, zeros, rho, jax.lax.stop_gradient(gamma), jnp.zeros((), jnp.int32))
+
+    def _direction(self, state, g):
+        """:math:`-H g` by the two-loop recursion over the ring of pairs (empty slots have :math:`\rho = 0`)."""
+        m = self.memory
+        newest = state.count - 1
+
+        def newest_first(k, carry):
+            q, alphas = carry
+            i = (newest - k) % m
+            alpha = state.rho[i] * jnp.vdot(state.s[i], q)
+            return q - alpha * state.y[i], alphas.at[i].set(alpha)
+
+        q, alphas = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros(m, g.dtype)))
+
+        def oldest_first(k, r):
+            i = (newest - (m - 1) + k) % m
+            beta = state.rho[i] * jnp.vdot(state.y[i], r)
+            return r + (alphas[i] - beta) * state.s[i]
+
+        return -jax.lax.fori_loop(0, m, oldest_first, state.gamma * q)
 
     def step(self, problem, x, params, state):
-        def value_fn(y):
-            return problem.objective(y, params)
+        x_flat, unravel = ravel_pytree(x)
+        g = ravel_pytree(state.residual)[0]
+        d = self._direction(state, g)
+        slope = jnp.vdot(g, d)
+        descent = slope < 0
+        d = jnp.where(descent, d, -state.gamma * g)
+        slope = jnp.where(descent, slope, -state.gamma * jnp.vdot(g, g))
+        frozen = jax.lax.stop_gradient((x_flat, d, params, state.value, slope))
 
-        updates, optimizer_state = self._optimizer().update(
-            state.residual, state.optimizer_state, x, value=state.value, grad=state.residual, value_fn=value_fn
+        def accepted(t):
+            x_f, d_f, params_f, value_f, slope_f = frozen
+            trial = problem.objective(unravel(x_f + t * d_f), params_f)
+            return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
+
+        one = jnp.ones((), x_flat.dtype)
+        t, _ = backtrack(accepted, one, 0.5, self.max_backtracks)
+        # A decrease below the precision of f cannot be tested: there the full quasi-Newton step is taken.
+        rounding = jnp.abs(slope) <= 100 * jnp.finfo(x_flat.dtype).eps * jnp.abs(state.value)
+        t = jax.lax.stop_gradient(jnp.where(rounding, one, t))
+        s = t * d
+        x_new = unravel(x_flat + s)
+        value, grad = jax.value_and_grad(problem.objective)(x_new, params)
+        y = ravel_pytree(grad)[0] - g
+        sy, yy = jnp.vdot(s, y), jnp.vdot(y, y)
+        update = jax.lax.stop_gradient(sy > jnp.finfo(x_flat.dtype).eps * jnp.linalg.norm(s) * jnp.sqrt(yy))
+
+        def keep(new, old):
+            return jnp.where(update, new, old)
+
+        slot = state.count % self.memory
+        memory = _LBFGSState(
+            grad,
+            value,
+            state.s.at[slot].set(keep(s, state.s[slot])),
+            state.y.at[slot].set(keep(y, state.y[slot])),
+            state.rho.at[slot].set(keep(1 / jnp.where(update, sy, 1), state.rho[slot])),
+            keep(sy / jnp.where(update, yy, 1), state.gamma),
+            state.count + update.astype(jnp.int32),
         )
-        x = optax.apply_updates(x, updates)
-        value, grad = optax.value_and_grad_from_state(value_fn)(x, state=optimizer_state)
-        return x, _LBFGSState(grad, value, optimizer_state)
+        return x_new, memory

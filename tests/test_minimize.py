@@ -292,8 +292,9 @@ def _ridge_lam1(w, lam):
     [
         (implax.GradientDescent(max_steps=300), "ridge"),
         (implax.ProximalGradient(l1_prox, max_steps=400), "lasso"),
+        (implax.LBFGS(max_steps=100), "ridge"),
     ],
-    ids=["GradientDescent", "ProximalGradient"],
+    ids=["GradientDescent", "ProximalGradient", "LBFGS"],
 )
 def test_unrolled_matches_implicit_at_convergence(solver, problem_name):
     problem = BY_NAME[problem_name]
@@ -303,7 +304,8 @@ def test_unrolled_matches_implicit_at_convergence(solver, problem_name):
 
     @jax.jit
     def run(theta):
-        return jax.jacrev(implicit, has_aux=True)(theta), jax.jacfwd(unrolled, has_aux=True)(theta)
+        # Reverse mode through the unrolled iterations: their line searches must not carry derivatives.
+        return jax.jacfwd(implicit, has_aux=True)(theta), jax.jacrev(unrolled, has_aux=True)(theta)
 
     (j_implicit, (x, stats)), (j_unrolled, (x_unrolled, stats_unrolled)) = run(theta)
     assert stats.converged and stats_unrolled.converged

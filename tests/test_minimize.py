@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import central_difference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 from optimization_problems import (
     BOX_PARAMS,
@@ -465,3 +467,41 @@ def test_infeasible_box_projection():
 def test_infeasible_box_projection_raises_value_error():
     with pytest.raises(ValueError, match="infeasible box"):
         _infeasible_box()
+
+
+# --- property: random well-conditioned quadratics ------------------------------------------------------------------
+
+
+def _quadratic(x, params):
+    A, b = params
+    return 0.5 * x @ A @ x - b @ x
+
+
+@functools.cache
+def _quadratic_solution_and_jacobian(solver):
+    def solve(params):
+        return implax.minimize(_quadratic, jnp.zeros(6), params, solver=solver).value
+
+    return jax.jit(lambda params: (solve(params), jax.jacrev(solve)(params)[1]))
+
+
+@settings(max_examples=10)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    condition=st.floats(1.0, 100.0),
+    solver_name=st.sampled_from(["LBFGS", "GradientDescent", "Newton"]),
+)
+def test_random_quadratics_match_the_linear_solve(seed, condition, solver_name):
+    """x* = A⁻¹b and ∂x*/∂b = A⁻¹ for A symmetric positive definite of condition number up to 100."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    A = q @ np.diag(np.geomspace(1.0, condition, 6)) @ q.T
+    b = rng.standard_normal(6)
+    solver = {
+        "LBFGS": implax.LBFGS(),
+        "GradientDescent": implax.GradientDescent(max_steps=3000),
+        "Newton": implax.Newton(),
+    }[solver_name]
+    x, dx_db = _quadratic_solution_and_jacobian(solver)((jnp.asarray(A), jnp.asarray(b)))
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(dx_db, np.linalg.inv(A), rtol=1e-7, atol=1e-9)

@@ -3,10 +3,10 @@ Levenberg–Marquardt.
 
 A solution satisfies :math:`J_r^\top r = 0` (:func:`implax.conditions.least_squares`), whose Jacobian is the
 Hessian :math:`J_r^\top J_r + \sum_i r_i \nabla^2 r_i` of the objective: symmetric, positive definite at a strict
-minimum, and differentiated with Cholesky or CG. Both solvers are matrix-free: the normal matrix
-:math:`J_r^\top J_r` is applied as a Jacobian-vector product followed by its transpose, and its systems are
-solved by :class:`implax.linear.Auto` (dense Cholesky up to 64 unknowns, CG above) unless ``linear_solver`` says
-otherwise. Stopping is on :math:`\|J_r^\top r\|` relative to its value at ``x0``.
+minimum, and differentiated with Cholesky or CG. The solvers' normal systems are dense up to 64 unknowns
+(:math:`J_r` from one JVP per unknown, a Cholesky factorization of :math:`J_r^\top J_r + \mu I`) and matrix-free
+above (CG on a Jacobian-vector product followed by its transpose), unless ``linear_solver`` says otherwise.
+Stopping is on :math:`\|J_r^\top r\|` relative to its value at ``x0``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from implax.solution import Solution
 from implax.tree import tree_add, tree_scale, tree_vdot
 
 __all__ = ["GaussNewton", "LevenbergMarquardt", "least_squares"]
+
+DENSE_MAX = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +104,20 @@ class _GaussNewtonFamily(IterativeSolver):
         return residuals, jvp, lambda w: vjp(w)[0]
 
     def _normal_solve(self, jvp, vjp, rhs, damping):
-        r"""Solves :math:`(J^\top J + \mu I)\, \delta = \mathrm{rhs}`."""
-        solver = linear.Auto(positive_definite=True, on_failure="ignore")
-        solver = solver if self.linear_solver is None else self.linear_solver
+        r"""Solves :math:`(J^\top J + \mu I)\, \delta = \mathrm{rhs}`.
+
+        Without a ``linear_solver``, up to ``DENSE_MAX`` unknowns :math:`J` is materialized from ``n`` JVPs and
+        the normal matrix factored by Cholesky (a singular one gives a non-finite step, which stops the solve);
+        above, CG runs on the products :math:`J^\top (J v)`.
+        """
+        rhs_flat, unravel = ravel_pytree(rhs)
+        if self.linear_solver is None and rhs_flat.size <= DENSE_MAX:
+            jacobian = jax.vmap(lambda v: ravel_pytree(jvp(unravel(v)))[0], out_axes=1)(
+                jnp.eye(rhs_flat.size, dtype=rhs_flat.dtype)
+            )
+            normal = jacobian.T @ jacobian + damping * jnp.eye(rhs_flat.size, dtype=jacobian.dtype)
+            return unravel(jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(normal), rhs_flat))
+        solver = linear.CG(on_failure="ignore") if self.linear_solver is None else self.linear_solver
 
         def matvec(v):
             return tree_add(vjp(jvp(v)), tree_scale(damping, v))
@@ -143,21 +156,36 @@ class GaussNewton(_GaussNewtonFamily):
     armijo: float = 1e-4
 
     def step(self, problem, x, params, state):
-        residuals, jvp, vjp = self._linearize(problem, x, params)
+        _, jvp, vjp = self._linearize(problem, x, params)
         gradient = state.residual
         direction = self._normal_solve(jvp, vjp, tree_scale(-1, gradient), 0.0)
         slope = tree_vdot(gradient, direction)
+
+        def value_and_gradient(t):
+            x_new = tree_add(x, tree_scale(t, direction))
+            residuals, pullback = jax.vjp(lambda y: problem.residuals(y, params), x_new)
+            return x_new, 0.5 * _squared_norm(residuals), pullback(residuals)[0]
+
+        # The full step, with its gradient for the next step, is usually accepted; once its decrease is below
+        # the precision of ½‖r‖², where the test would fail on rounding, it is taken as well.
+        full = value_and_gradient(1.0)
+        rounding = jnp.abs(slope) <= 100 * jnp.finfo(state.value.dtype).eps * jnp.abs(state.value)
+        take_full = jax.lax.stop_gradient(
+            rounding | (jnp.isfinite(full[1]) & (full[1] <= state.value + self.armijo * slope))
+        )
         frozen = jax.lax.stop_gradient((x, direction, params, state.value, slope))
 
-        def accepted(t):
-            x_f, d_f, p_f, value_f, slope_f = frozen
-            trial = 0.5 * _squared_norm(problem.residuals(tree_add(x_f, tree_scale(t, d_f)), p_f))
-            return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
+        def backtracked():
+            def accepted(t):
+                x_f, d_f, p_f, value_f, slope_f = frozen
+                trial = 0.5 * _squared_norm(problem.residuals(tree_add(x_f, tree_scale(t, d_f)), p_f))
+                return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
 
-        t, _ = backtrack(accepted, jnp.ones((), state.value.dtype), 0.5, self.max_backtracks)
-        x_new = tree_add(x, tree_scale(t, direction))
-        residuals, _, vjp = self._linearize(problem, x_new, params)
-        return x_new, _GaussNewtonState(vjp(residuals), 0.5 * _squared_norm(residuals), state.damping, state.growth)
+            t, _ = backtrack(accepted, jnp.full((), 0.5, state.value.dtype), 0.5, self.max_backtracks)
+            return value_and_gradient(t)
+
+        x_new, value, gradient = jax.lax.cond(take_full, lambda: full, backtracked)
+        return x_new, _GaussNewtonState(gradient, value, state.damping, state.growth)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -190,7 +190,7 @@ def logistic_problem(lam: float = 1e-2) -> Problem:
         return solve
 
     methods.append(
-        Method("implax LBFGS", implax_run(implax.LBFGS(rtol=TARGET, max_steps=MAX_STEPS)), "Optax L-BFGS, zoom")
+        Method("implax LBFGS", implax_run(implax.LBFGS(rtol=TARGET, max_steps=MAX_STEPS)), "two-loop L-BFGS, Armijo backtracking")
     )
     methods.append(
         Method(

@@ -132,13 +132,34 @@ def root_vjp(optimality_fn: Callable, sol: Any, args: tuple, cotangent: Any, sol
 
 
 def _tangent(fn, x, params, dparams, solve):
-    """``ẋ`` solving ``∂ₓfn(x, params) ẋ = -∂_params fn(x, params) dparams``."""
-    _, rhs = jax.jvp(lambda p: fn(x, p), (params,), (dparams,))
+    """``ẋ`` solving ``∂ₓfn(x, params) ẋ = -∂_params fn(x, params) dparams``.
+
+    Leaves of ``dparams`` that are symbolic zeros (:class:`jax.custom_derivatives.SymbolicZero`: arguments not
+    differentiated, such as data passed in ``params``) are left out of the right-hand side's JVP, and out of its
+    transpose in reverse mode.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    tangents = jax.tree.leaves(dparams, is_leaf=_is_symbolic_zero)
+    active = [i for i, t in enumerate(tangents) if not _is_symbolic_zero(t)]
+    if not active:
+        return jax.tree.map(jnp.zeros_like, x)
+
+    def of_active(values):
+        full = list(leaves)
+        for i, v in zip(active, values):
+            full[i] = v
+        return fn(x, jax.tree.unflatten(treedef, full))
+
+    _, rhs = jax.jvp(of_active, ([leaves[i] for i in active],), ([tangents[i] for i in active],))
 
     def matvec(t):
         return tree_cast_like(jax.jvp(lambda y: fn(y, params), (x,), (t,))[1], x)
 
     return solve_linear(matvec, tree_cast_like(tree_neg(rhs), x), solve)
+
+
+def _is_symbolic_zero(t) -> bool:
+    return isinstance(t, jax.custom_derivatives.SymbolicZero)
 
 
 def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
@@ -179,7 +200,7 @@ def _implicit_root(optimality_fn, solver, solve, has_aux, init, args, kwargs):
     def root(init, theta, solver_consts, optimality_consts, solve_arrays):
         return run_solver(init, theta, *solver_consts)
 
-    @root.defjvp
+    @functools.partial(root.defjvp, symbolic_zeros=True)
     def root_jvp_rule(primals, tangents):
         _, theta, _, optimality_consts, solve_arrays = primals
         _, dtheta, _, doptimality_consts, _ = tangents

@@ -36,14 +36,12 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import scipy.optimize
-from _common import compare, figure_path
+from _common import compare, figure_path, hypergradient_descent
 from matplotlib.figure import Figure
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import lars_path, lasso_path
 from sklearn.model_selection import train_test_split
-from tqdm import tqdm
 
 import implax
 
@@ -146,35 +144,6 @@ def grid_search(data, points: int, bounds: tuple[float, float]) -> tuple[np.ndar
     return alphas, losses, float(np.exp(refined.x)), float(refined.fun)
 
 
-def hypergradient_descent(
-    value_and_grad: Callable, log_alpha: float, steps: int, learning_rate: float
-) -> tuple[float, list[float], list[float]]:
-    """Adam on :math:`u = \\log\\alpha` with a cosine-decayed rate; returns the last :math:`u` and the path of
-    :math:`u` and :math:`L(u)`."""
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3))
-
-    @jax.jit
-    def update(grad, state, u):
-        updates, state = optimizer.update(grad, state)
-        return optax.apply_updates(u, updates), state
-
-    u = jnp.asarray(log_alpha)
-    state = optimizer.init(u)
-    path, losses = [], []
-    progress = tqdm(range(steps), desc="hypergradient descent", unit="step")
-    for _ in progress:
-        (value, _), grad = value_and_grad(u)
-        path.append(float(u))
-        losses.append(float(value))
-        progress.set_postfix(alpha=f"{float(jnp.exp(u)):.4g}", loss=f"{losses[-1]:.6f}", refresh=False)
-        u, state = update(grad, state, u)
-    progress.close()
-    (value, _), _ = value_and_grad(u)
-    path.append(float(u))
-    losses.append(float(value))
-    return float(u), path, losses
-
-
 def plot(path, grid, grid_losses, reference, hgd_path, hgd_losses, curve_alphas, curve_grads, checks) -> None:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_panel, grad_panel = fig.subplots(1, 2)
@@ -259,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
         )
 
-    u, hgd_path, hgd_losses = hypergradient_descent(value_and_grad, np.log(args.start), args.steps, args.learning_rate)
+    u, hgd_path, hgd_losses = hypergradient_descent(
+        value_and_grad, np.log(args.start), args.steps, args.learning_rate, "alpha"
+    )
     alpha = float(np.exp(u))
     grid, grid_losses, reference_alpha, reference_loss = grid_search(data, args.grid, (1e-4, 1.0))
     print(

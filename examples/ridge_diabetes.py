@@ -33,14 +33,12 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import scipy.optimize
-from _common import compare, figure_path
+from _common import compare, figure_path, hypergradient_descent
 from matplotlib.figure import Figure
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import train_test_split
-from tqdm import tqdm
 
 import implax
 
@@ -116,35 +114,6 @@ def grid_search(data, points: int) -> tuple[np.ndarray, np.ndarray, float, float
     return grid, losses, float(refined.x), float(refined.fun)
 
 
-def hypergradient_descent(
-    value_and_grad: Callable, log_lam: float, steps: int, learning_rate: float
-) -> tuple[float, list[float], list[float]]:
-    """Adam on :math:`u` with a cosine-decayed learning rate; returns the last :math:`u` and the path of
-    :math:`u` and :math:`L(u)` (one entry per evaluation)."""
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3))
-
-    @jax.jit
-    def update(grad, state, u):
-        updates, state = optimizer.update(grad, state)
-        return optax.apply_updates(u, updates), state
-
-    u = jnp.asarray(log_lam)
-    state = optimizer.init(u)
-    path, losses = [], []
-    progress = tqdm(range(steps), desc="hypergradient descent", unit="step")
-    for _ in progress:
-        (value, _), grad = value_and_grad(u)
-        path.append(float(u))
-        losses.append(float(value))
-        progress.set_postfix(lam=f"{float(jnp.exp(u)):.4g}", loss=f"{losses[-1]:.6f}", refresh=False)
-        u, state = update(grad, state, u)
-    progress.close()
-    (value, _), _ = value_and_grad(u)
-    path.append(float(u))
-    losses.append(float(value))
-    return float(u), path, losses
-
-
 def plot(path, grid, grid_losses, reference_u, reference_loss, hgd_path, hgd_losses) -> None:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     curve, history = fig.subplots(1, 2)
@@ -210,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fd_hypergradients.append(finite_difference(data, u))
         checks.append(compare(f"dL/dlog λ at λ = {np.exp(u):.3g}", grad, fd_hypergradients[-1], HYPERGRADIENT_RTOL))
 
-    u, hgd_path, hgd_losses = hypergradient_descent(value_and_grad, np.log(args.start), args.steps, args.learning_rate)
+    u, hgd_path, hgd_losses = hypergradient_descent(
+        value_and_grad, np.log(args.start), args.steps, args.learning_rate, "lam"
+    )
     grid, grid_losses, reference_u, reference_loss = grid_search(data, args.grid)
     lam, reference_lam = float(np.exp(u)), float(np.exp(reference_u))
     print(

@@ -5,7 +5,7 @@ reference and returns them, with ``passed`` telling whether the checks held. Thi
 the other in one process, then prints a table of their key numbers, run times and figures. It exits with
 status 1 if any example fails a check or raises.
 
-Run ``python examples/run_all.py`` (well under a minute on two CPU cores), or with ``--quick`` for fewer
+Run ``python examples/run_all.py`` (about a minute and a half on two CPU cores), or with ``--quick`` for fewer
 iterations and smaller grids.
 """
 
@@ -93,7 +93,12 @@ def report(outcomes: Sequence[Outcome]) -> None:
         numbers = o.example.summarize(o.results) if o.results is not None else "raised an exception"
         status = "ok" if o.passed else "FAILED"
         print(f"  {o.example.name:<{width}}  {status:<6}  {o.seconds:5.1f} s  {numbers}")
-    figures = [str(o.results["figure"]) for o in outcomes if o.results is not None and "figure" in o.results]
+    figures = [
+        str(figure)
+        for o in outcomes
+        if o.results is not None
+        for figure in o.results.get("figures", [o.results["figure"]] if "figure" in o.results else [])
+    ]
     if figures:
         print("Figures:\n  " + "\n  ".join(figures))
 

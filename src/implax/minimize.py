@@ -171,6 +171,15 @@ def problem_for(solver, objective: Callable) -> MinimizationProblem:
     return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
 
 
+def inverse_curvature(objective: Callable, x, params, grad) -> jax.Array:
+    r""":math:`\|g\| / \|\nabla^2 f\, g\|`, the inverse curvature of :math:`f` along its gradient :math:`g` at
+    ``x`` (one Hessian-vector product; 1 where it is not finite and positive), with no derivative: a first step."""
+    curvature = jax.jvp(lambda y: jax.grad(objective)(y, params), (x,), (grad,))[1]
+    grad_norm, curvature_norm = tree_norm(grad), tree_norm(curvature)
+    usable = (grad_norm > 0) & (curvature_norm > 0) & jnp.isfinite(curvature_norm)
+    return jax.lax.stop_gradient(jnp.where(usable, grad_norm / jnp.where(usable, curvature_norm, 1), 1))
+
+
 class _MinimizationSolver(IterativeSolver):
     def check_problem(self, problem):
         if not isinstance(problem, MinimizationProblem):
@@ -236,12 +245,7 @@ class _ProximalMethod(_MinimizationSolver):
         dtype = jnp.result_type(*jax.tree.leaves(x))
         if self.stepsize is not None:
             return jnp.asarray(self.stepsize, dtype)
-        # 1 / L̂ with L̂ the curvature along the gradient, ‖∇²f g‖ / ‖g‖ (one Hessian-vector product).
-        curvature = jax.jvp(lambda y: jax.grad(problem.objective)(y, params), (x,), (grad,))[1]
-        grad_norm, curvature_norm = tree_norm(grad), tree_norm(curvature)
-        usable = (grad_norm > 0) & (curvature_norm > 0) & jnp.isfinite(curvature_norm)
-        estimate = grad_norm / jnp.where(usable, curvature_norm, 1)
-        return jax.lax.stop_gradient(jnp.where(usable, estimate, 1).astype(dtype))
+        return inverse_curvature(problem.objective, x, params, grad).astype(dtype)
 
     def _search(self, problem, state, params):
         y, value, grad, stepsize = state.y, state.value, state.grad, state.stepsize
@@ -451,12 +455,9 @@ class LBFGS(_MinimizationSolver):
         value, grad = jax.value_and_grad(problem.objective)(x, params)
         flat, _ = ravel_pytree(x)
         zeros = jnp.zeros((self.memory, flat.size), flat.dtype)
-        curvature = jax.jvp(lambda y: jax.grad(problem.objective)(y, params), (x,), (grad,))[1]
-        grad_norm, curvature_norm = tree_norm(grad), tree_norm(curvature)
-        usable = (grad_norm > 0) & (curvature_norm > 0) & jnp.isfinite(curvature_norm)
-        gamma = jnp.where(usable, grad_norm / jnp.where(usable, curvature_norm, 1), 1).astype(flat.dtype)
+        gamma = inverse_curvature(problem.objective, x, params, grad).astype(flat.dtype)
         rho = jnp.zeros(self.memory, flat.dtype)
-        return x, _LBFGSState(grad, value, zeros, zeros, rho, jax.lax.stop_gradient(gamma), jnp.zeros((), jnp.int32))
+        return x, _LBFGSState(grad, value, zeros, zeros, rho, gamma, jnp.zeros((), jnp.int32))
 
     def _direction(self, state, g):
         """:math:`-H g` by the two-loop recursion over the ring of pairs (empty slots have :math:`\rho = 0`)."""

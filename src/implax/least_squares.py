@@ -147,7 +147,7 @@ class GaussNewton(_GaussNewtonFamily):
     :class:`LevenbergMarquardt` then).
 
     Attributes:
-      linear_solver: solver of the normal equations; ``None`` is ``implax.linear.Auto(positive_definite=True)``.
+      linear_solver: solver of the normal equations; ``None`` is a dense Cholesky up to 64 unknowns, CG above.
       max_backtracks: halvings tried per step.
       armijo: the sufficient-decrease constant.
     """

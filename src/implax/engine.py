@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from implax.checks import check_arguments, check_same_shapes
-from implax.linear import solve_linear
+from implax.linear import as_linear_solver, solve_linear
 from implax.tree import describe, tree_cast_like, tree_neg
 
 __all__ = ["custom_fixed_point", "custom_root", "root_jvp", "root_vjp"]
@@ -126,7 +126,7 @@ def root_vjp(optimality_fn: Callable, sol: Any, args: tuple, cotangent: Any, sol
         return jax.jvp(lambda x: optimality_fn(x, *args), (sol,), (t,))[1]
 
     vecmat = jax.linear_transpose(lambda t: tree_cast_like(matvec(t), sol), sol)
-    u = solve_linear(lambda v: vecmat(v)[0], tree_cast_like(cotangent, sol), solve)
+    u = solve_linear(lambda v: vecmat(v)[0], tree_cast_like(cotangent, sol), as_linear_solver(solve).transpose())
     _, pullback = jax.vjp(lambda *a: optimality_fn(sol, *a), *args)
     return pullback(tree_neg(u))
 

@@ -92,6 +92,11 @@ class LinearSolver:
         """The unchecked solve; subclasses implement it."""
         raise NotImplementedError
 
+    def transpose(self) -> LinearSolver:
+        r"""The solver of :math:`A^\top u = r`, which reverse mode calls with the transposed ``matvec``. A solver that
+        sees :math:`A` only through ``matvec`` is its own transpose."""
+        return self
+
     def _rtol(self, b) -> float:
         return default_rtol(_dtype_of(b)) if self.rtol is None else self.rtol
 
@@ -113,12 +118,55 @@ def _judge(x, residual, scale, rtol, atol, on_failure, name, measure):
 
 @dataclasses.dataclass(frozen=True)
 class DenseSolver(LinearSolver):
-    r"""Base of the dense solvers: materializes ``A`` (``n`` JVPs) and factors it.
+    r"""Base of the dense solvers: factors the matrix :math:`A` of the system and solves with the factors.
+
+    By default :math:`A` is materialized from ``matvec``, one matrix-vector product per unknown (``jax.jacfwd``).
+    That is the only option for a solver that sees :math:`F` as a function, and costs ``n`` JVPs of :math:`F`:
+    for :math:`F(w) = X^\top (X w - y) + \lambda w` two ``m×n×n`` matrix products, where the solver may have
+    formed :math:`X^\top X` once already. A solver that has :math:`A = \partial_x F` at its solution, or a
+    factorization of it, passes it as ``matrix`` or ``factor`` (each subclass documents the factor's form):
+    the backward pass then skips the materialization, and with ``factor`` the factorization too — DESIGN.md's
+    rule 4, reusing the forward factorization. ``matrix`` and ``factor`` describe :math:`A = \partial_x F` (rows:
+    the leaves of ``F``'s output, columns: the leaves of ``x``, each in :func:`jax.flatten_util.ravel_pytree`
+    order); reverse mode solves with :math:`A^\top` from the same arrays (:meth:`transpose`). They may be
+    traced values computed from the solver's arguments, under ``jit``, ``vmap`` and differentiation; their own
+    derivatives are not used (the system matrix of a linear solve enters its derivatives only through
+    ``matvec``).
 
     A factorization is backward stable, so the check is on the normwise backward error
     :math:`\|A x - b\| / (\|A\|_F \|x\| + \|b\|)` rather than on the relative residual, which a correct
-    solve of a badly scaled system can exceed.
+    solve of a badly scaled system can exceed. With a given ``matrix`` or ``factor`` the residual is that of the
+    true operator, ``matvec(x) - b`` (one matrix-vector product): a matrix or factor that is not that of
+    ``matvec`` (a stale factorization, a missing term) fails the check and triggers ``on_failure``. With a
+    factor, :math:`\|A\|_F` is replaced by a bound computed from the factors (see the subclasses), which
+    loosens the check by at most that bound's overestimate.
+
+    Attributes:
+      matrix: :math:`A` as an ``n×n`` array, or ``None``.
+      factor: a factorization of :math:`A`, or ``None``.
+      transposed: solve with the transpose of the given ``matrix`` or ``factor``: the reverse-mode system
+        :math:`A^\top u = r` when they describe :math:`A`. Set by :meth:`transpose`.
+
+    Raises:
+      ValueError: when both ``matrix`` and ``factor`` are given.
+      TypeError: at trace time, when ``matrix`` or ``factor`` does not have the system's size and dtype.
     """
+
+    matrix: Any = None
+    factor: Any = None
+    transposed: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.matrix is not None and self.factor is not None:
+            raise ValueError(f"implax.linear.{type(self).__name__} takes matrix or factor, not both")
+        if self.factor is not None:
+            self.factor_arrays()
+
+    def transpose(self) -> DenseSolver:
+        if self.matrix is None and self.factor is None:
+            return self
+        return dataclasses.replace(self, transposed=not self.transposed)
 
     def __call__(self, matvec, b):
         rtol = self._rtol(b)
@@ -127,37 +175,145 @@ class DenseSolver(LinearSolver):
         def flat_matvec(v):
             return ravel_pytree(matvec(unravel(v)))[0]
 
-        a = jax.jacfwd(flat_matvec)(b_flat)
-        x = self.factor_solve(a, b_flat)
-        residual = jnp.linalg.norm(a @ x - b_flat)
-        scale = jnp.linalg.norm(a) * jnp.linalg.norm(x) + jnp.linalg.norm(b_flat)
+        if self.matrix is None and self.factor is None:
+            a = jax.jacfwd(flat_matvec)(b_flat)
+            x = self.factor_solve(a, b_flat)
+            residual = jnp.linalg.norm(a @ x - b_flat)
+            norm_bound = jnp.linalg.norm(a)
+        else:
+            self._check_given(b_flat)
+            if self.matrix is not None:
+                matrix = self.matrix.T if self.transposed else self.matrix
+                x = self.factor_solve(matrix, b_flat)
+                norm_bound = jnp.linalg.norm(matrix)
+            else:
+                x = self.given_factor_solve(b_flat)
+                norm_bound = self.factor_norm_bound()
+            residual = jnp.linalg.norm(flat_matvec(x) - b_flat)
+        scale = norm_bound * jnp.linalg.norm(x) + jnp.linalg.norm(b_flat)
         return _judge(
             unravel(x), residual, scale, rtol, self.atol, self.on_failure, type(self).__name__, "backward_error"
         )
 
+    def _check_given(self, b):
+        n, name = b.shape[0], f"implax.linear.{type(self).__name__}"
+        given = {"matrix": self.matrix} if self.matrix is not None else self.factor_arrays()
+        for label, array in given.items():
+            expected = (n,) if label == "pivots" else (n, n)
+            if not (hasattr(array, "shape") and hasattr(array, "dtype")):
+                raise TypeError(f"{name}: {label} must be an array, got {type(array).__name__}")
+            if array.shape != expected:
+                raise TypeError(
+                    f"{name}: {label} has shape {array.shape}, but the system has {n} unknowns (the size of x), so "
+                    f"it must have shape {expected}"
+                )
+            if label != "pivots" and array.dtype != b.dtype:
+                raise TypeError(f"{name}: {label} has dtype {array.dtype}, but the system is {b.dtype}")
+
     def factor_solve(self, a: jax.Array, b: jax.Array) -> jax.Array:
+        """Factors ``a`` and solves ``a x = b``."""
         raise NotImplementedError
+
+    def factor_arrays(self) -> dict[str, Any]:
+        """The arrays of ``factor``, by name, for the shape checks; raises ``TypeError`` if it is not of the
+        documented form."""
+        raise NotImplementedError
+
+    def given_factor_solve(self, b: jax.Array) -> jax.Array:
+        """Solves with ``factor`` (with its transpose when ``transposed``)."""
+        raise NotImplementedError
+
+    def factor_norm_bound(self) -> jax.Array:
+        r"""An upper bound on :math:`\|A\|_F` from ``factor``."""
+        raise NotImplementedError
+
+
+def _register_dense_solver(cls, split_factor, join_factor):
+    """Registers ``cls`` as a pytree whose leaves are the arrays of ``matrix`` and ``factor``, so the engine passes
+    them into its derivative rule as arguments instead of closing over them."""
+    meta = [f.name for f in dataclasses.fields(cls) if f.name not in ("matrix", "factor")]
+
+    def flatten(solver):
+        arrays, static = split_factor(solver.factor)
+        return (solver.matrix, arrays), (tuple(getattr(solver, name) for name in meta), static)
+
+    def unflatten(aux, children):
+        values, static = aux
+        matrix, arrays = children
+        # Leaves may be placeholders during transformations: bypass __post_init__'s validation.
+        solver = object.__new__(cls)
+        for name, value in [*zip(meta, values), ("matrix", matrix), ("factor", join_factor(arrays, static))]:
+            object.__setattr__(solver, name, value)
+        return solver
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+    return cls
 
 
 @dataclasses.dataclass(frozen=True)
 class LU(DenseSolver):
-    """Dense LU with partial pivoting (``jnp.linalg.solve``) on the materialized matrix."""
+    r"""Dense LU with partial pivoting (``jnp.linalg.solve``), for any nonsingular matrix.
+
+    ``factor`` is ``(lu, piv)`` as returned by :func:`jax.scipy.linalg.lu_factor`, :math:`A = P L U`: the
+    forward and reverse systems are then triangular solves, :math:`O(n^2)`. The check bounds
+    :math:`\|A\|_F \le \|L\|_F \|U\|_F`.
+    """
 
     def factor_solve(self, a, b):
         return jnp.linalg.solve(a, b)
 
+    def factor_arrays(self):
+        if not (isinstance(self.factor, tuple) and len(self.factor) == 2):
+            raise TypeError("implax.linear.LU: factor must be the pair (lu, piv) of jax.scipy.linalg.lu_factor")
+        return {"factor lu": self.factor[0], "pivots": self.factor[1]}
+
+    def given_factor_solve(self, b):
+        return jsp.linalg.lu_solve(self.factor, b, trans=1 if self.transposed else 0)
+
+    def factor_norm_bound(self):
+        lu = self.factor[0]
+        unit_lower = jnp.tril(lu, -1) + jnp.eye(lu.shape[0], dtype=lu.dtype)
+        return jnp.linalg.norm(unit_lower) * jnp.linalg.norm(jnp.triu(lu))
+
 
 @dataclasses.dataclass(frozen=True)
 class Cholesky(DenseSolver):
-    """Dense Cholesky on the materialized matrix, for symmetric positive definite systems.
+    r"""Dense Cholesky, for symmetric positive definite matrices.
+
+    ``factor`` is ``(c, lower)`` as returned by :func:`jax.scipy.linalg.cho_factor`, :math:`A = L L^	op` with
+    :math:`L` the ``lower`` (or :math:`U^	op` the upper) triangle of ``c``; since :math:`A = A^	op` the
+    reverse system uses it as is. The check bounds :math:`\|A\|_F \le \|L\|_F^2 = \operatorname{tr} A`.
 
     A matrix that is not positive definite gives NaN, which the check reports.
     """
 
     symmetric: ClassVar[bool] = True
 
+    def transpose(self) -> Cholesky:
+        return self
+
     def factor_solve(self, a, b):
         return jsp.linalg.cho_solve(jsp.linalg.cho_factor(a), b)
+
+    def factor_arrays(self):
+        if not (isinstance(self.factor, tuple) and len(self.factor) == 2 and isinstance(self.factor[1], bool)):
+            raise TypeError("implax.linear.Cholesky: factor must be the pair (c, lower) of jax.scipy.linalg.cho_factor")
+        return {"factor": self.factor[0]}
+
+    def given_factor_solve(self, b):
+        return jsp.linalg.cho_solve(self.factor, b)
+
+    def factor_norm_bound(self):
+        c, lower = self.factor
+        return jnp.sum(jnp.square(jnp.tril(c) if lower else jnp.triu(c)))
+
+
+_register_dense_solver(LU, lambda factor: (factor, None), lambda arrays, _: arrays)
+_register_dense_solver(
+    Cholesky,
+    lambda factor: (None, None) if factor is None else (factor[0], factor[1]),
+    lambda array, lower: None if lower is None else (array, lower),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +329,18 @@ class CG(LinearSolver):
 
 @dataclasses.dataclass(frozen=True)
 class GMRES(LinearSolver):
-    """Restarted GMRES (``jax.scipy.sparse.linalg.gmres``) for general nonsingular systems.
+    r"""Restarted GMRES for general nonsingular systems.
+
+    A cycle builds an orthonormal basis :math:`V_k = [v_0, \dots, v_{k-1}]` of the Krylov space
+    :math:`\mathcal K_k(A, r_0)`, :math:`v_0 = r_0 / \beta`, :math:`\beta = \|r_0\|`, by the Arnoldi relation
+    :math:`A V_k = V_{k+1} \bar H_k` (each new vector orthogonalized by classical Gram–Schmidt applied twice, which
+    is as accurate as modified Gram–Schmidt and is two matrix-vector products with :math:`V`), and takes
+    :math:`x_k = x_0 + V_k y_k` with :math:`y_k = \operatorname{argmin}_y \|\beta e_1 - \bar H_k y\|`. The
+    Hessenberg least-squares problem is kept triangular by Givens rotations, accumulated in an orthogonal
+    :math:`(m + 1) \times (m + 1)` matrix :math:`Q` with :math:`Q \bar H_k = [R_k; 0]`, so that the residual
+    norm of :math:`x_k` is :math:`\beta\, |(Q e_1)_k|` at every step without forming :math:`x_k`: the cycle ends
+    as soon as it reaches the tolerance, or after ``restart`` steps; then :math:`R_k y_k = \beta (Q e_1)_{:k}` is
+    solved, the true residual recomputed, and the next cycle starts from it.
 
     Attributes:
       restart: Krylov subspace size between restarts; memory is ``restart + 1`` vectors.
@@ -183,13 +350,72 @@ class GMRES(LinearSolver):
     restart: int = 20
 
     def solve(self, matvec, b, rtol):
-        restart = min(self.restart, tree_size(b))
-        # "incremental" (Givens rotations): "batched" solves its least-squares problem by the normal equations,
-        # which square the condition number, and returns NaN for float32 systems of condition number ~1e6.
-        x, _ = jsp.sparse.linalg.gmres(
-            matvec, b, tol=rtol, atol=self.atol, restart=restart, maxiter=self._maxiter(b), solve_method="incremental"
-        )
-        return x
+        b_flat, unravel = ravel_pytree(b)
+
+        def flat_matvec(v):
+            return ravel_pytree(matvec(unravel(v)))[0]
+
+        return unravel(_gmres(flat_matvec, b_flat, rtol, self.atol, min(self.restart, b_flat.size), self._maxiter(b)))
+
+
+def _gmres(matvec, b, rtol, atol, m, maxiter):
+    """Restarted GMRES(``m``) on flat arrays from ``x = 0`` (see :class:`GMRES`)."""
+    dtype = b.dtype
+    threshold = rtol * jnp.linalg.norm(b) + atol
+    rows = jnp.arange(m + 1)
+
+    def cycle(x, r, beta):
+        basis = jnp.zeros((m + 1, b.size), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1))
+
+        def arnoldi_cond(carry):
+            k, _, _, _, estimate = carry
+            return (k < m) & (estimate > threshold)
+
+        def arnoldi_step(carry):
+            k, basis, r_factor, rotations, _ = carry
+            w = matvec(basis[k])
+            h = basis @ w
+            w = w - h @ basis
+            correction = basis @ w
+            w = w - correction @ basis
+            norm = jnp.linalg.norm(w)
+            basis = basis.at[k + 1].set(w / jnp.where(norm > 0, norm, 1))
+            at_k, below_k = rows == k, rows == k + 1
+            column = rotations @ jnp.where(below_k, norm, h + correction)
+            a, c = column @ at_k, column @ below_k
+            radius = jnp.hypot(a, c)
+            cos = jnp.where(radius > 0, a / jnp.where(radius > 0, radius, 1), 1)
+            sin = jnp.where(radius > 0, c / jnp.where(radius > 0, radius, 1), 0)
+            # The rotation acts on rows k and k + 1: [cos, sin; -sin, cos].
+            row_k, row_below = at_k @ rotations, below_k @ rotations
+            rotations = jnp.where(
+                at_k[:, None],
+                cos * row_k + sin * row_below,
+                jnp.where(below_k[:, None], cos * row_below - sin * row_k, rotations),
+            )
+            column = jnp.where(at_k, radius, jnp.where(below_k, 0, column))
+            r_factor = jnp.where((rows[:m] == k)[None, :], column[:m, None], r_factor)
+            return k + 1, basis, r_factor, rotations, beta * jnp.abs(below_k @ rotations[:, 0])
+
+        init = (jnp.zeros((), jnp.int32), basis, jnp.eye(m, dtype=dtype), jnp.eye(m + 1, dtype=dtype), beta)
+        k, basis, r_factor, rotations, _ = jax.lax.while_loop(arnoldi_cond, arnoldi_step, init)
+        # Columns k.. of R are the identity's and their right-hand side is 0, so y is 0 there.
+        rhs = jnp.where(rows[:m] < k, beta * rotations[:m, 0], 0)
+        y = jsp.linalg.solve_triangular(r_factor, rhs, lower=False)
+        x = x + y @ basis[:m]
+        r = b - matvec(x)
+        return x, r, jnp.linalg.norm(r)
+
+    def cond(carry):
+        _, _, beta, cycles = carry
+        return (cycles < maxiter) & (beta > threshold)
+
+    def body(carry):
+        x, r, beta, cycles = carry
+        return (*cycle(x, r, beta), cycles + 1)
+
+    x, _, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, jnp.linalg.norm(b), 0))
+    return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,12 +571,17 @@ def solve_linear(matvec: Callable, b: Any, solve=None) -> Any:
     def flat_matvec(v):
         return ravel_pytree(matvec(unravel(v)))[0]
 
-    def flat_solve(flat_operator, r):
-        return ravel_pytree(solver(lambda t: unravel(flat_operator(ravel_pytree(t)[0])), unravel(r)))[0]
+    def flat_solve_with(solver):
+        def flat_solve(flat_operator, r):
+            return ravel_pytree(solver(lambda t: unravel(flat_operator(ravel_pytree(t)[0])), unravel(r)))[0]
+
+        return flat_solve
 
     # Not declared symmetric even when it is: the reverse-mode solve then runs on the transposed matvec (a VJP
     # of F), which XLA's CPU backend compiled 2.2x faster than the JVP form for F(w) = Xᵀ(Xw − y) inside CG
     # (the transpose of X is copied once instead of read in transposed order at every iteration), and within
     # a few percent of it for the other forms measured (benchmarks/ridge.py).
-    x = jax.lax.custom_linear_solve(flat_matvec, b_flat, solve=flat_solve, transpose_solve=flat_solve)
+    x = jax.lax.custom_linear_solve(
+        flat_matvec, b_flat, solve=flat_solve_with(solver), transpose_solve=flat_solve_with(solver.transpose())
+    )
     return unravel(x)

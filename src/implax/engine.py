@@ -57,7 +57,10 @@ def custom_root(optimality_fn: Callable, solve=None, has_aux: bool = False) -> C
       solve: the linear solver for the system above: an :mod:`implax.linear` solver or any callable
         ``solve(matvec, b) -> x``. ``None`` means :class:`implax.linear.Auto`. A backward solve that misses its
         tolerance triggers the solver's ``on_failure`` policy (a warning by default). A ``solve`` that is a
-        pytree may hold arrays computed under the same transformations as the solver (its final factorization).
+        pytree may hold arrays computed under the same transformations as the solver (its final factorization):
+        ``implax.linear.Cholesky(factor=jax.scipy.linalg.cho_factor(A))`` or ``LU(factor=...)``, with ``A`` the
+        ``∂ₓF`` the solver factored, solves without materializing ``∂ₓF`` (see
+        :class:`implax.linear.DenseSolver`).
       has_aux: the solver returns ``(x, aux)``; ``aux`` is returned unchanged and carries no derivative.
 
     Returns:

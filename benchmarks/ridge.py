@@ -53,7 +53,10 @@ Every row is `jax.jit(jax.grad(L))`, forward pass included ("forward only" is L 
 differentiates the same inner solver, a Cholesky solve of (XᵀX + λI)w = Xᵀy (`jax.scipy.linalg.cho_factor`,
 `cho_solve`), through the same F(w, λ) = X_trᵀ(X_tr w − y_tr) + λw:
 
-- **implax CG / Cholesky**: `implax.custom_root(F, solve=implax.linear.CG(rtol=1e-10))` / `Cholesky()`.
+- **implax CG / Cholesky**: `implax.custom_root(F, solve=implax.linear.CG(rtol=1e-10))` / `Cholesky()`, which
+  materializes ∂F/∂w from F alone (p JVPs). **implax Cholesky, given matrix / given factor**: the inner solver's
+  own XᵀX + λI handed to the backward pass, `Cholesky(matrix=XᵀX + λI)` (factored again) or
+  `Cholesky(factor=cho_factor(XᵀX + λI))` (the forward factor reused); both check the residual against F's JVP.
 - **JAXopt default**: `jaxopt.implicit_diff.custom_root(F)`: normal-equation CG at its default tolerance 1e-5.
   **JAXopt solve_cg**: `solve=partial(jaxopt.linear_solve.solve_cg, tol=1e-10)`.
 - **Optimistix**: `optx.root_find` with a one-step root finder that calls the same Cholesky solve, tags
@@ -82,14 +85,22 @@ NOTES = """
   with the transpose of X inside the CG loop, so every iteration reads X in transposed order, while for the VJP
   form it copies Xᵀ once before the loop (the extra n·p·8 bytes in the memory column) and both products are
   library calls. Written (Xw − y)ᵀX, F gives about the same time to all three (the "F written three ways"
-  case). implax also adds one product (its residual check); the host callback that reports a failed check runs
-  only on failure ("implax CG, no check report" is `on_failure='ignore'`).
-- **implax Cholesky against the hand-written Cholesky.** implax sees F only as a function, so it builds
-  ∂F/∂w = XᵀX + λI from p JVPs (`jax.jacfwd`: X·I, then Xᵀ(X·I) — two n×p×p products and an n×p temporary, the
-  extra memory) before factoring. The hand-written backward pass repeats the forward pass's own operations
-  (XᵀX, then the factorization), which XLA's common-subexpression elimination merges with the forward pass:
-  "refactoring" there costs the same as reusing the factor. Reusing the solver's factorization is DESIGN.md's
-  rule 4; `custom_root` has no way to be handed one yet.
+  case). In the compiled program the CG loops of implax and JAXopt's solve_cg are the same instructions; implax
+  adds only its residual check, one product with X and one with Xᵀ after about 400 iterations of two (0.25%),
+  and the host callback that reports a failed check runs only on failure. "implax CG, no check report"
+  (`on_failure='ignore'`) does no extra work at all (XLA removes the unused check), so the gap between implax CG
+  and JAXopt solve_cg, a few percent either way, is measurement noise.
+- **implax Cholesky against the hand-written Cholesky.** Plain `Cholesky()` sees F only as a function, so it
+  builds ∂F/∂w = XᵀX + λI from p JVPs (`jax.jacfwd`: X·I, then Xᵀ(X·I) — two n×p×p products and an n×p
+  temporary, the extra memory) before factoring. The hand-written backward pass repeats the forward pass's own
+  operations (XᵀX, then the factorization), which XLA's common-subexpression elimination merges with the
+  forward pass: "refactoring" there costs the same as reusing the factor. The like-for-like comparison gives
+  implax what the hand-written code uses: the inner solver's matrix (`Cholesky(matrix=...)`, against
+  "custom_vjp Cholesky") or its factor (`Cholesky(factor=...)`, against "custom_vjp Cholesky, reused") — DESIGN.md's
+  rule 4. implax then adds only its residual check, one product with X and one with Xᵀ (an O(np) JVP of F, which
+  also catches a matrix or factor that is not ∂F/∂w). Materializing by reverse mode (`jax.jacrev`, p VJPs)
+  instead of `jacfwd` was measured too: the same two n×p×p products, the same time within noise; and the
+  residual check of the materialized solve (a p×p product) costs under 2%.
 - **Optimistix lx.CG** stops when the residual and the last step are both below rtol elementwise (scaled by |b|
   and |y|): stricter than ‖r‖ ≤ rtol‖b‖, so it runs more iterations (the "forward only" note gives both counts)
   and reaches 1e-14 instead of 1e-11; it is not the same stopping rule. Its matrix-vector product is a
@@ -98,8 +109,9 @@ NOTES = """
   tolerance 1e-5 leaves an error around 1e-4.
 - **Unrolled GD.** With κ ≈ 2·10³, 1000 steps of 1/L leave the gradient tens of percent off. Its temporaries grow
   by one iterate (p numbers) per step. Each step costs two products with X and Xᵀ (forward and backward), so
-  1000 steps cost about 2000 against CG's 400: with a backward CG at rtol 1e-10 implax is only a few times faster
-  than this unroll; with the dense backward solve, about ten times.
+  1000 steps cost about 4000 products with X or Xᵀ against CG's 800 (400 iterations) plus the forward pass: with a
+  backward CG at rtol 1e-10 implax cannot be more than about 5× faster than this unroll, whatever its overhead;
+  with the dense backward solve given the forward factor, the gradient costs little more than the forward pass.
 - **OpenBLAS threads.** The LAPACK calls in every row (the Cholesky factorization and triangular solves) run on
   OpenBLAS's threads, which on this 2-core machine compete with XLA's own: in the default environment the same
   forward pass takes several times longer than with `OPENBLAS_NUM_THREADS=1`, by an amount that changes from
@@ -181,6 +193,25 @@ def implax_solution(form: Form, solve):
         return form.solve(lam, a, b)
 
     return lambda lam, a, b: solver(jnp.zeros(a.shape[1], a.dtype), lam, a, b)
+
+
+def implax_given_solution(form: Form, given: str):
+    """implax handed what the inner solver has: the matrix XᵀX + λI (``Cholesky(matrix=...)``, factored again in
+    the backward pass) or its factor (``Cholesky(factor=...)``, the forward factorization reused)."""
+
+    def solution(lam, a, b):
+        gram = form.gram(a)
+        matrix = gram + lam * jnp.eye(gram.shape[0], dtype=gram.dtype)
+        factor = jsp.linalg.cho_factor(matrix)
+        solve = implax.linear.Cholesky(matrix=matrix) if given == "matrix" else implax.linear.Cholesky(factor=factor)
+
+        @implax.custom_root(form.optimality, solve=solve)
+        def solver(init, lam, a, b):
+            return jsp.linalg.cho_solve(factor, form.rhs(a, b))
+
+        return solver(jnp.zeros(a.shape[1], a.dtype), lam, a, b)
+
+    return solution
 
 
 def jaxopt_solution(form: Form, solve):
@@ -314,6 +345,18 @@ def methods(form: Form, step_size: float) -> list[Method]:
     return [
         Method("implax CG", implax_solution(form, implax_cg), AGREEMENT, cg_note),
         Method("implax Cholesky", implax_solution(form, implax.linear.Cholesky()), AGREEMENT, "∂F/∂w by p JVPs"),
+        Method(
+            "implax Cholesky, given matrix",
+            implax_given_solution(form, "matrix"),
+            AGREEMENT,
+            "Cholesky(matrix=XᵀX + λI), refactored",
+        ),
+        Method(
+            "implax Cholesky, given factor",
+            implax_given_solution(form, "factor"),
+            AGREEMENT,
+            "Cholesky(factor=...), the forward factor",
+        ),
         Method("JAXopt default", jaxopt_solution(form, None), LOOSE_AGREEMENT, "solve_normal_cg, tol 1e-5"),
         Method("JAXopt solve_cg", jaxopt_solution(form, cg_solve), AGREEMENT, cg_note),
         Method("Optimistix lx.CG", optimistix_solution(form, lineax_cg), AGREEMENT, f"lineax CG, rtol {CG_RTOL:g}"),
@@ -342,6 +385,8 @@ def methods(form: Form, step_size: float) -> list[Method]:
 MAIN = (
     "implax CG",
     "implax Cholesky",
+    "implax Cholesky, given matrix",
+    "implax Cholesky, given factor",
     "JAXopt default",
     "JAXopt solve_cg",
     "Optimistix lx.CG",
@@ -519,19 +564,24 @@ def _target_lines(case: str, t: dict, temp: dict) -> list[str]:
         return "met" if ok else "**not met**"
 
     cg, chol, unrolled = t["implax CG"], t["implax Cholesky"], t[f"unrolled GD ×{UNROLLED_STEPS[-1]}"]
+    given_matrix, given_factor = t["implax Cholesky, given matrix"], t["implax Cholesky, given factor"]
+    hand, reused = t["custom_vjp Cholesky"], t["custom_vjp Cholesky, reused"]
     first, last = (f"unrolled GD ×{k}" for k in UNROLLED_STEPS)
     lines = [
         f"**{case}**",
         "",
         f"- implax CG ≤ 1.05 × custom_vjp CG: {cg / t['custom_vjp CG']:.2f}× — {met(cg <= 1.05 * t['custom_vjp CG'])}.",
-        f"- implax Cholesky ≤ 1.05 × custom_vjp Cholesky: {chol / t['custom_vjp Cholesky']:.2f}× — "
-        f"{met(chol <= 1.05 * t['custom_vjp Cholesky'])} (against the factor-reusing custom_vjp: "
-        f"{chol / t['custom_vjp Cholesky, reused']:.2f}×).",
+        f"- implax Cholesky ≤ 1.05 × custom_vjp Cholesky, like for like (handed the matrix or factor the "
+        f"hand-written code uses): given matrix {given_matrix / hand:.2f}× custom_vjp Cholesky — "
+        f"{met(given_matrix <= 1.05 * hand)}; given factor {given_factor / reused:.2f}× custom_vjp Cholesky, reused "
+        f"— {met(given_factor <= 1.05 * reused)}. From F alone (∂F/∂w by p JVPs): {chol / hand:.2f}× — "
+        f"{met(chol <= 1.05 * hand)}.",
         f"- implax ≤ JAXopt: CG {cg / t['JAXopt solve_cg']:.2f}× JAXopt solve_cg — {met(cg <= t['JAXopt solve_cg'])}; "
         f"CG {cg / t['JAXopt default']:.2f}× JAXopt default — {met(cg <= t['JAXopt default'])}; "
         f"Cholesky {chol / t['JAXopt default']:.2f}× JAXopt default — {met(chol <= t['JAXopt default'])}.",
         f"- ≥ 10× faster than unrolled GD ×{UNROLLED_STEPS[-1]}: implax CG {unrolled / cg:.1f}× — "
-        f"{met(unrolled >= 10 * cg)}; implax Cholesky {unrolled / chol:.1f}× — {met(unrolled >= 10 * chol)}.",
+        f"{met(unrolled >= 10 * cg)}; implax Cholesky {unrolled / chol:.1f}× — {met(unrolled >= 10 * chol)}; "
+        f"implax Cholesky, given factor {unrolled / given_factor:.1f}× — {met(unrolled >= 10 * given_factor)}.",
         f"- memory not growing with iterations: unrolled GD's temporaries grow from {temp[first]:.1f} MB "
         f"(×{UNROLLED_STEPS[0]}) to {temp[last]:.1f} MB (×{UNROLLED_STEPS[-1]}), one iterate per step; implax "
         f"CG {temp['implax CG']:.1f} MB and Cholesky {temp['implax Cholesky']:.1f} MB, fixed buffers whatever the "

@@ -36,6 +36,7 @@ from implax.solution import Solution
 __all__ = ["KKTPoint", "QPSolution", "QPStats", "QPStatus", "qp"]
 
 STALL_STEPS = 5
+NEWTON_REFINEMENTS = 1
 
 
 class QPStatus(enum.IntEnum):
@@ -64,7 +65,8 @@ class QPStats:
 
     Attributes:
       num_steps: interior-point iterations (0 for an equality-constrained problem, solved by one KKT solve).
-      residual: largest scaled KKT residual (stationarity, primal feasibility, complementarity).
+      residual: largest scaled KKT residual (stationarity, primal feasibility, complementarity), the quantity
+        ``tol`` bounds.
       converged: ``status == SOLVED``.
       nonfinite: an iterate became NaN or infinite.
       status: a :class:`QPStatus` value.
@@ -167,13 +169,23 @@ def qp(
         point, slack, stats = _equality_qp(*const, tol)
     else:
         point, slack, stats = _interior_point(*const, tol, max_steps, relaxation)
-    # A capped weight keeps the reduced matrix well conditioned; the refinement makes up the difference.
-    weight = jnp.minimum(point.inequality_dual / slack, 1 / _regularization(dtype))
-    reduced = _reduced_matrix(const[0], const[2], const[4], weight, _regularization(dtype))
-    solve = FactoredKKTSolve(jsl.lu_factor(reduced), const[4], weight, on_failure)
+    delta = _regularization(dtype)
+    z = point.inequality_dual
+    if relaxation > 0:
+        # Central path: every constraint keeps its curvature z/s (capped: the refinement makes up the difference).
+        active = jnp.ones_like(z)
+        weight = jnp.minimum(z / slack, 1 / delta)
+    else:
+        # Optimum: the active set read from the returned point; active rows become equalities.
+        active = (z > slack).astype(dtype)
+        weight = active / delta
+    reduced = _reduced_matrix(const[0], const[2], const[4], weight, delta)
+    solve = FactoredKKTSolve(jsl.lu_factor(reduced), const[4], weight, active, on_failure)
 
     def kkt(point, Q, c, A, b, G, h):
-        return _kkt_residual(point, Q, c, A, b, G, h, relaxation)
+        if relaxation > 0:
+            return _central_path_residual(point, Q, c, A, b, G, h, relaxation)
+        return _active_set_residual(point, Q, c, A, b, G, h, active)
 
     @custom_root(kkt, solve=solve)
     def returned(init, *data):
@@ -182,7 +194,7 @@ def qp(
     return QPSolution(value=returned(point, *data), stats=stats)
 
 
-def _kkt_residual(point, Q, c, A, b, G, h, relaxation):
+def _central_path_residual(point, Q, c, A, b, G, h, relaxation):
     x, y, z = point.primal, point.equality_dual, point.inequality_dual
     # Dividing the complementarity rows by the duals, held constant, leaves the roots and the implicit
     # derivatives unchanged and makes the Jacobian symmetric.
@@ -191,6 +203,17 @@ def _kkt_residual(point, Q, c, A, b, G, h, relaxation):
         primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + G.T @ z,
         equality_dual=A @ x - b,
         inequality_dual=(z * (G @ x - h) + relaxation) / scale,
+    )
+
+
+def _active_set_residual(point, Q, c, A, b, G, h, active):
+    x, y, z = point.primal, point.equality_dual, point.inequality_dual
+    # Active rows (mask 1) hold with equality, inactive ones have a zero dual: the limit of the central-path
+    # conditions as z ⊙ s -> 0 under strict complementarity, with a symmetric Jacobian.
+    return KKTPoint(
+        primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + G.T @ (active * z),
+        equality_dual=A @ x - b,
+        inequality_dual=active * (G @ x - h) - (1 - active) * z,
     )
 
 
@@ -205,21 +228,27 @@ def _regularization(dtype):
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["lu", "G", "weight"], meta_fields=["on_failure", "refinements"]
+    jax.tree_util.register_dataclass,
+    data_fields=["lu", "G", "weight", "active"],
+    meta_fields=["on_failure", "refinements"],
 )
 @dataclasses.dataclass(frozen=True)
 class FactoredKKTSolve:
     r"""Solves with the symmetric KKT Jacobian from one LU of the reduced matrix (see :func:`qp`).
 
-    The Jacobian :math:`\begin{bmatrix} Q & A^\top & G^\top \\ A & 0 & 0 \\ G & 0 & -W^{-1} \end{bmatrix}`
-    is reduced by eliminating the inequality block, :math:`w = W (G u - r_z)`; the reduced system is solved
-    with the factorization ``lu`` and the answer refined against the exact ``matvec``. The residual is checked
-    and ``on_failure`` applied by :class:`implax.linear.Custom`.
+    The Jacobian is :math:`\begin{bmatrix} Q & A^\top & G^\top D \\ A & 0 & 0 \\ D G & 0 & -E \end{bmatrix}`:
+    on the central path :math:`D = I` and :math:`E = W^{-1} = \mathrm{diag}(s/z)`; at the optimum :math:`D` is
+    the active set's mask and :math:`E = I - D`. Eliminating the inequality block, regularized for the active
+    rows, :math:`dz = W (G\,dx - r_z)` on the rows of ``active`` (:math:`W = D/\delta` at the optimum) and
+    :math:`dz = -r_z` on the others; the reduced system is solved with the factorization ``lu`` and the answer
+    refined against the exact ``matvec``. The residual is checked and ``on_failure`` applied by
+    :class:`implax.linear.Custom`.
     """
 
     lu: tuple
     G: jax.Array
     weight: jax.Array
+    active: jax.Array
     on_failure: str = "warn"
     refinements: int = 3
 
@@ -228,7 +257,8 @@ class FactoredKKTSolve:
         top = r.primal + self.G.T @ (self.weight * r.inequality_dual)
         u = jsl.lu_solve(self.lu, jnp.concatenate([top, r.equality_dual]))
         dx = u[:n]
-        return KKTPoint(dx, u[n:], self.weight * (self.G @ dx - r.inequality_dual))
+        dz = jnp.where(self.active > 0, self.weight * (self.G @ dx - r.inequality_dual), -r.inequality_dual)
+        return KKTPoint(dx, u[n:], dz)
 
     def refined_solve(self, matvec, rhs):
         u = self.reduced_solve(rhs)
@@ -296,8 +326,9 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
     # weights up to about 1/eps to reach its complementarity tolerance.
     max_weight = 1 / (delta if dtype == jnp.float32 else float(jnp.finfo(dtype).eps))
     infeasibility_tol = float(np.sqrt(tol))
-    # Derivatives are accurate when each s_i/z_i or z_i/s_i is small: complementarity is held to tol^1.5.
-    complementarity_scale = float(np.sqrt(tol))
+    # The active set is read from the returned point unambiguously when each s_i/z_i or z_i/s_i is small: the
+    # iteration aims at complementarity tol^1.5, and accepts tol when rounding stops it first.
+    target_scale = float(np.sqrt(tol))
     scale_d = 1 + _inf_norm(c)
     scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(h))
 
@@ -305,24 +336,27 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         return Qs @ x + c + A.T @ y + G.T @ z, A @ x - b, G @ x + s - h
 
     def measure(x, s, y, z):
+        """The scaled KKT residual with complementarity over tol^1.5 (the target) and over tol (``stats``)."""
         r_d, r_p, r_g = residuals(x, s, y, z)
-        return jnp.max(
-            jnp.stack(
-                [
-                    _inf_norm(r_d) / scale_d,
-                    jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p,
-                    _inf_norm(s * z - relaxation) / (complementarity_scale * jnp.maximum(scale_d, scale_p)),
-                ]
-            )
-        )
+        feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p)
+        complementarity = _inf_norm(s * z - relaxation) / jnp.maximum(scale_d, scale_p)
+        return jnp.maximum(feasibility, complementarity / target_scale), jnp.maximum(feasibility, complementarity)
+
+    def improves(new, old):
+        # Points that meet tol come first, ordered by the target residual; the others by the residual.
+        (new_target, new_residual), (old_target, old_residual) = new, old
+        new_ok, old_ok = new_residual <= tol, old_residual <= tol
+        new_score = jnp.where(new_ok, new_target, new_residual)
+        old_score = jnp.where(old_ok, old_target, old_residual)
+        return (new_ok & ~old_ok) | ((new_ok == old_ok) & (new_score < old_score))
 
     def step(state):
-        point, k, status, _, best, best_residual, best_k = state
-        point, status, residual = iterate(point, status)
-        better = residual < best_residual
+        point, k, status, _, best, best_measure, best_k = state
+        point, status, measured = iterate(point, status)
+        better = improves(measured, best_measure)
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), point, best)
-        best_residual = jnp.where(better, residual, best_residual)
-        updated = (point, k + 1, status, residual, best, best_residual, jnp.where(better, k + 1, best_k))
+        best_measure = jax.tree.map(lambda new, old: jnp.where(better, new, old), measured, best_measure)
+        updated = (point, k + 1, status, measured, best, best_measure, jnp.where(better, k + 1, best_k))
         active = running(state)
         return jax.tree.map(lambda new, old: jnp.where(active, new, old), updated, state)
 
@@ -332,11 +366,24 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         weight = jnp.minimum(z / s, max_weight)
         lu = jsl.lu_factor(_reduced_matrix(Q, A, G, weight, delta))
 
-        def newton(r_c):
-            top = -r_d - G.T @ ((z * r_g - r_c) / s)
-            u = jsl.lu_solve(lu, jnp.concatenate([top, -r_p]))
+        def reduced_solve(a_d, a_p, a_g, a_c):
+            # Q dx + Aᵀdy + Gᵀdz = a_d, A dx = a_p, G dx + ds = a_g, Z ds + S dz = a_c, with ds and dz eliminated.
+            shift = (a_c - z * a_g) / s
+            u = jsl.lu_solve(lu, jnp.concatenate([a_d - G.T @ shift, a_p]))
             dx = u[:n]
-            return dx, -r_g - G @ dx, u[n:], weight * (G @ dx) + (z * r_g - r_c) / s
+            return dx, a_g - G @ dx, u[n:], weight * (G @ dx) + shift
+
+        def newton(r_c):
+            # In float64 the weights z/s reach 1/eps near the optimum; refining against the unreduced,
+            # unregularized system recovers the accuracy the reduced factorization loses. (In float32 the weights
+            # are capped, the system is then not the unreduced one, and refining against it stalls the iteration.)
+            rhs = (-r_d, -r_p, -r_g, -r_c)
+            d = reduced_solve(*rhs)
+            for _ in range(NEWTON_REFINEMENTS if dtype == jnp.float64 else 0):
+                dx, ds, dy, dz = d
+                applied = (Qs @ dx + A.T @ dy + G.T @ dz, A @ dx, G @ dx + ds, z * ds + s * dz)
+                d = jax.tree.map(jnp.add, d, reduced_solve(*jax.tree.map(jnp.subtract, rhs, applied)))
+            return d
 
         mu = jnp.vdot(s, z) / m
         dx, ds, dy, dz = newton(s * z - relaxation)
@@ -349,7 +396,7 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         new = (x + alpha * dx, s + alpha * ds, y + alpha * dy, z + alpha * dz)
 
         x, s, y, z = new
-        residual = measure(*new)
+        measured = measure(*new)
         step_x = alpha * dx
         size_x = _inf_norm(step_x)
         unbounded = (
@@ -363,27 +410,28 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
             jnp.vdot(b, y) + jnp.vdot(h, z) < -infeasibility_tol * size_dual
         )
         status = jnp.where(
-            residual <= tol,
+            measured[0] <= tol,
             QPStatus.SOLVED,
             jnp.where(infeasible, QPStatus.PRIMAL_INFEASIBLE, jnp.where(unbounded, QPStatus.DUAL_INFEASIBLE, status)),
         ).astype(jnp.int32)
-        return new, status, residual
+        return new, status, measured
 
     def running(state):
-        point, k, status, residual, _, best_residual, best_k = state
-        finite = _all_finite(*point, residual)
-        # Rounding errors stop progress near the optimum (in float32 mostly) before the tolerance is met.
-        stalled = (k - best_k >= STALL_STEPS) & (best_residual <= infeasibility_tol)
+        point, k, status, measured, _, (best_target, _), best_k = state
+        finite = _all_finite(*point, *measured)
+        # Rounding errors stop progress near the optimum (in float32 mostly) before the target is met.
+        stalled = (k - best_k >= STALL_STEPS) & (best_target <= infeasibility_tol)
         return (k < max_steps) & (status == QPStatus.MAX_ITERATIONS) & finite & ~stalled
 
     point = _initial_point(Q, c, A, b, G, h)
-    residual = measure(*point)
+    measured = measure(*point)
     status = jnp.asarray(QPStatus.MAX_ITERATIONS, jnp.int32)
     zero = jnp.asarray(0)
-    state = jax.lax.while_loop(running, step, (point, zero, status, residual, point, residual, zero))
-    last, k, status, residual, (x, s, y, z), best_residual, _ = state
-    nonfinite = ~_all_finite(*last, residual)
-    stats = QPStats(k, best_residual, status == QPStatus.SOLVED, nonfinite, status)
+    state = jax.lax.while_loop(running, step, (point, zero, status, measured, point, measured, zero))
+    last, k, status, measured, (x, s, y, z), (_, residual), _ = state
+    nonfinite = ~_all_finite(*last, *measured)
+    status = jnp.where((status == QPStatus.MAX_ITERATIONS) & (residual <= tol), QPStatus.SOLVED, status)
+    stats = QPStats(k, residual, status == QPStatus.SOLVED, nonfinite, status.astype(jnp.int32))
     return KKTPoint(x, y, z), s, stats
 
 

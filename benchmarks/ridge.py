@@ -87,20 +87,23 @@ NOTES = """
   library calls. Written (Xw − y)ᵀX, F gives about the same time to all three (the "F written three ways"
   case). In the compiled program the CG loops of implax and JAXopt's solve_cg are the same instructions; implax
   adds only its residual check, one product with X and one with Xᵀ after about 400 iterations of two (0.25%),
-  and the host callback that reports a failed check runs only on failure. "implax CG, no check report"
-  (`on_failure='ignore'`) does no extra work at all (XLA removes the unused check), so the gap between implax CG
-  and JAXopt solve_cg, a few percent either way, is measurement noise.
+  and the conditional host callback that reports a failed check (a fixed ~0.1–0.3 ms per call even when not
+  taken). "implax CG, no check report" (`on_failure='ignore'`) does no extra work at all (XLA removes the unused
+  check), so the gap between implax CG and JAXopt solve_cg, a few percent either way, is measurement noise.
 - **implax Cholesky against the hand-written Cholesky.** Plain `Cholesky()` sees F only as a function, so it
   builds ∂F/∂w = XᵀX + λI from p JVPs (`jax.jacfwd`: X·I, then Xᵀ(X·I) — two n×p×p products and an n×p
   temporary, the extra memory) before factoring. The hand-written backward pass repeats the forward pass's own
   operations (XᵀX, then the factorization), which XLA's common-subexpression elimination merges with the
   forward pass: "refactoring" there costs the same as reusing the factor. The like-for-like comparison gives
   implax what the hand-written code uses: the inner solver's matrix (`Cholesky(matrix=...)`, against
-  "custom_vjp Cholesky") or its factor (`Cholesky(factor=...)`, against "custom_vjp Cholesky, reused") — DESIGN.md's
-  rule 4. implax then adds only its residual check, one product with X and one with Xᵀ (an O(np) JVP of F, which
-  also catches a matrix or factor that is not ∂F/∂w). Materializing by reverse mode (`jax.jacrev`, p VJPs)
-  instead of `jacfwd` was measured too: the same two n×p×p products, the same time within noise; and the
-  residual check of the materialized solve (a p×p product) costs under 2%.
+  "custom_vjp Cholesky") or its factor (`Cholesky(factor=...)`, against "custom_vjp Cholesky, reused") —
+  DESIGN.md's rule 4. implax then adds only its residual check: one product with X and one with Xᵀ (a JVP of F,
+  which catches a matrix or factor that is not ∂F/∂w; these two memory-bound passes over X cost about 2 ms at
+  n=2000, p=500), and the conditional host callback that reports a failure (most of the gap at n=1000,
+  p=100). "implax Cholesky, given factor, no check" (`on_failure='ignore'`) drops both, as the hand-written code
+  does, and costs the same as it. Materializing by reverse mode (`jax.jacrev`, p VJPs) instead of `jacfwd` was
+  measured too: the same two n×p×p products, the same time within noise; and the residual check of the
+  materialized solve (a p×p product) costs under 2%.
 - **Optimistix lx.CG** stops when the residual and the last step are both below rtol elementwise (scaled by |b|
   and |y|): stricter than ‖r‖ ≤ rtol‖b‖, so it runs more iterations (the "forward only" note gives both counts)
   and reaches 1e-14 instead of 1e-11; it is not the same stopping rule. Its matrix-vector product is a
@@ -195,7 +198,7 @@ def implax_solution(form: Form, solve):
     return lambda lam, a, b: solver(jnp.zeros(a.shape[1], a.dtype), lam, a, b)
 
 
-def implax_given_solution(form: Form, given: str):
+def implax_given_solution(form: Form, given: str, on_failure: str = "warn"):
     """implax handed what the inner solver has: the matrix XᵀX + λI (``Cholesky(matrix=...)``, factored again in
     the backward pass) or its factor (``Cholesky(factor=...)``, the forward factorization reused)."""
 
@@ -203,7 +206,8 @@ def implax_given_solution(form: Form, given: str):
         gram = form.gram(a)
         matrix = gram + lam * jnp.eye(gram.shape[0], dtype=gram.dtype)
         factor = jsp.linalg.cho_factor(matrix)
-        solve = implax.linear.Cholesky(matrix=matrix) if given == "matrix" else implax.linear.Cholesky(factor=factor)
+        given_arrays = {"matrix": matrix} if given == "matrix" else {"factor": factor}
+        solve = implax.linear.Cholesky(**given_arrays, on_failure=on_failure)
 
         @implax.custom_root(form.optimality, solve=solve)
         def solver(init, lam, a, b):
@@ -357,6 +361,12 @@ def methods(form: Form, step_size: float) -> list[Method]:
             AGREEMENT,
             "Cholesky(factor=...), the forward factor",
         ),
+        Method(
+            "implax Cholesky, given factor, no check",
+            implax_given_solution(form, "factor", on_failure="ignore"),
+            AGREEMENT,
+            "on_failure='ignore': no residual check, like the custom_vjp",
+        ),
         Method("JAXopt default", jaxopt_solution(form, None), LOOSE_AGREEMENT, "solve_normal_cg, tol 1e-5"),
         Method("JAXopt solve_cg", jaxopt_solution(form, cg_solve), AGREEMENT, cg_note),
         Method("Optimistix lx.CG", optimistix_solution(form, lineax_cg), AGREEMENT, f"lineax CG, rtol {CG_RTOL:g}"),
@@ -387,6 +397,7 @@ MAIN = (
     "implax Cholesky",
     "implax Cholesky, given matrix",
     "implax Cholesky, given factor",
+    "implax Cholesky, given factor, no check",
     "JAXopt default",
     "JAXopt solve_cg",
     "Optimistix lx.CG",
@@ -566,6 +577,7 @@ def _target_lines(case: str, t: dict, temp: dict) -> list[str]:
     cg, chol, unrolled = t["implax CG"], t["implax Cholesky"], t[f"unrolled GD ×{UNROLLED_STEPS[-1]}"]
     given_matrix, given_factor = t["implax Cholesky, given matrix"], t["implax Cholesky, given factor"]
     hand, reused = t["custom_vjp Cholesky"], t["custom_vjp Cholesky, reused"]
+    unchecked = t["implax Cholesky, given factor, no check"]
     first, last = (f"unrolled GD ×{k}" for k in UNROLLED_STEPS)
     lines = [
         f"**{case}**",
@@ -574,8 +586,9 @@ def _target_lines(case: str, t: dict, temp: dict) -> list[str]:
         f"- implax Cholesky ≤ 1.05 × custom_vjp Cholesky, like for like (handed the matrix or factor the "
         f"hand-written code uses): given matrix {given_matrix / hand:.2f}× custom_vjp Cholesky — "
         f"{met(given_matrix <= 1.05 * hand)}; given factor {given_factor / reused:.2f}× custom_vjp Cholesky, reused "
-        f"— {met(given_factor <= 1.05 * reused)}. From F alone (∂F/∂w by p JVPs): {chol / hand:.2f}× — "
-        f"{met(chol <= 1.05 * hand)}.",
+        f"— {met(given_factor <= 1.05 * reused)}, and without the residual check (which the custom_vjp does not do) "
+        f"{unchecked / reused:.2f}× — {met(unchecked <= 1.05 * reused)}. From F alone (∂F/∂w by p JVPs): "
+        f"{chol / hand:.2f}× — {met(chol <= 1.05 * hand)}.",
         f"- implax ≤ JAXopt: CG {cg / t['JAXopt solve_cg']:.2f}× JAXopt solve_cg — {met(cg <= t['JAXopt solve_cg'])}; "
         f"CG {cg / t['JAXopt default']:.2f}× JAXopt default — {met(cg <= t['JAXopt default'])}; "
         f"Cholesky {chol / t['JAXopt default']:.2f}× JAXopt default — {met(chol <= t['JAXopt default'])}.",

@@ -280,8 +280,8 @@ class LU(DenseSolver):
 class Cholesky(DenseSolver):
     r"""Dense Cholesky, for symmetric positive definite matrices.
 
-    ``factor`` is ``(c, lower)`` as returned by :func:`jax.scipy.linalg.cho_factor`, :math:`A = L L^	op` with
-    :math:`L` the ``lower`` (or :math:`U^	op` the upper) triangle of ``c``; since :math:`A = A^	op` the
+    ``factor`` is ``(c, lower)`` as returned by :func:`jax.scipy.linalg.cho_factor`, :math:`A = L L^\top` with
+    :math:`L` the ``lower`` (or :math:`U^\top` the upper) triangle of ``c``; since :math:`A = A^\top` the
     reverse system uses it as is. The check bounds :math:`\|A\|_F \le \|L\|_F^2 = \operatorname{tr} A`.
 
     A matrix that is not positive definite gives NaN, which the check reports.

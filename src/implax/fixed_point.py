@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import cho_factor, cho_solve
 
 from implax.failures import FailurePolicy
 from implax.iterate import FixedPointProblem, IterativeSolver
@@ -160,18 +161,17 @@ class Anderson(_FixedPointSolver):
 
 
 def _mixing_weights(gram, valid, ridge):
-    r"""Solves the bordered system of :math:`\min \alpha^\top G \alpha + \lambda\|\alpha\|^2` s.t.
-    :math:`\mathbf 1^\top \alpha = 1`, over the valid rows and columns of the Gram matrix ``gram`` (the others
-    get weight 0)."""
+    r"""The minimizer of :math:`\alpha^\top (G + \lambda I)\, \alpha` subject to :math:`\mathbf 1^\top \alpha = 1`
+    over the valid rows and columns of the Gram matrix ``gram`` (the others get weight 0):
+    :math:`\alpha = y / \mathbf 1^\top y` with :math:`(G + \lambda I)\, y = \mathbf 1`, solved by Cholesky since
+    :math:`G + \lambda I` is positive definite. Where it is numerically not, the weights are not finite and the step
+    falls back to fixed-point iteration."""
     m = valid.shape[0]
     both_valid = valid[:, None] & valid[None, :]
     gram = jnp.where(both_valid, gram, 0)
     mean_diagonal = jnp.trace(gram) / jnp.maximum(jnp.sum(valid), 1)
     tiny = jnp.finfo(gram.dtype).tiny
-    regularized = gram + (ridge * mean_diagonal + tiny) * jnp.eye(m, dtype=gram.dtype)
-    regularized = jnp.where(both_valid, regularized, jnp.eye(m, dtype=gram.dtype))
-    border = valid.astype(gram.dtype)
-    system = jnp.block([[jnp.zeros((1, 1), gram.dtype), border[None, :]], [border[:, None], regularized]])
-    rhs = jnp.zeros(m + 1, gram.dtype).at[0].set(1)
-    weights = jnp.linalg.solve(system, rhs)[1:]
-    return jnp.where(valid, weights, 0)
+    eye = jnp.eye(m, dtype=gram.dtype)
+    regularized = jnp.where(both_valid, gram + (ridge * mean_diagonal + tiny) * eye, eye)
+    y = cho_solve(cho_factor(regularized), valid.astype(gram.dtype))
+    return jnp.where(valid, y / jnp.sum(y), 0)

@@ -139,9 +139,14 @@ def _advance(solver, problem, params, carry):
     return _Carry(x, state, residual, carry.num_steps + 1, best_x, best_residual)
 
 
+def _threshold(solver, problem, x, initial_residual):
+    rtol, atol = solver.tolerances(x)
+    # Without a relative tolerance the scale (for a fixed point, ‖x‖ at every step) is not computed.
+    return atol if rtol == 0 else atol + rtol * problem.scale(x, initial_residual)
+
+
 def _running(solver, problem, carry, initial_residual):
-    rtol, atol = solver.tolerances(carry.x)
-    threshold = atol + rtol * problem.scale(carry.x, initial_residual)
+    threshold = _threshold(solver, problem, carry.x, initial_residual)
     return (carry.residual > threshold) & jnp.isfinite(carry.residual)
 
 
@@ -149,9 +154,8 @@ def _finish(solver, problem, params, carry, initial_residual):
     x, residual = carry.x, tree_norm(solver.final_residual(problem, carry.x, params, carry.state))
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
-    rtol, atol = solver.tolerances(x)
     # A residual that overflowed is not small, even when the scale ‖x‖ overflowed with it (inf <= inf).
-    converged = jnp.isfinite(residual) & (residual <= atol + rtol * problem.scale(x, initial_residual))
+    converged = jnp.isfinite(residual) & (residual <= _threshold(solver, problem, x, initial_residual))
     stats = Stats(
         num_steps=carry.num_steps,
         residual=residual,

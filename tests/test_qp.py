@@ -119,6 +119,45 @@ def test_jacfwd_matches_jacrev(rng):
         np.testing.assert_allclose(forward[name], reverse[name], atol=1e-10, err_msg=name)
 
 
+def test_gradients_at_weakly_active_constraints_are_the_active_set_derivative():
+    # Problems with active constraints whose duals are ~1e-5 (slack/dual ratios of the interior point ~1e-2 at
+    # complementarity 1e-12): the derivative of the optimum, not of the interior point, is the reference.
+    rng = np.random.default_rng(0)
+    n, m, batch = 50, 100, 12
+    M = rng.normal(size=(batch, n, n))
+    Q = M @ M.transpose(0, 2, 1) / n + 0.5 * np.eye(n)
+    c, G, h = rng.normal(size=(batch, n)), rng.normal(size=(batch, m, n)), rng.uniform(0.1, 1.0, size=(batch, m))
+    w = rng.normal(size=(batch, n))
+
+    def loss(c, h):
+        primal = jax.vmap(lambda Q, c, G, h: implax.qp(Q, c, G=G, h=h).primal)(Q, c, G, h)
+        return jnp.sum(w * primal)
+
+    grad_c, grad_h = jax.jit(jax.grad(loss, argnums=(0, 1)))(c, h)
+    sols = jax.jit(jax.vmap(lambda Q, c, G, h: implax.qp(Q, c, G=G, h=h)))(Q, c, G, h)
+    np.testing.assert_array_equal(sols.stats.status, QPStatus.SOLVED)
+    for i in range(batch):
+        x, _, z = cvxpy_solution(Q[i], c[i], G=G[i], h=h[i])
+        active = z > h[i] - G[i] @ x
+        Ga = G[i][active]
+        K = np.block([[Q[i], Ga.T], [Ga, np.zeros((len(Ga), len(Ga)))]])
+        u = np.linalg.solve(K, np.concatenate([w[i], np.zeros(len(Ga))]))
+        np.testing.assert_allclose(sols.primal[i], x, atol=1e-6)
+        np.testing.assert_allclose(grad_c[i], -u[:n], atol=1e-8)
+        np.testing.assert_allclose(grad_h[i][active], u[n:], atol=1e-8)
+        np.testing.assert_allclose(grad_h[i][~active], 0.0, atol=1e-8)
+
+
+def test_nan_data_is_flagged_and_leaves_the_batch_alone():
+    G = jnp.vstack([jnp.eye(2), -jnp.eye(2)])
+    cs = jnp.array([[0.5, -0.25], [jnp.nan, 0.0]])
+    sols = jax.jit(jax.vmap(lambda c: implax.qp(jnp.eye(2), c, G=G, h=jnp.ones(4), on_failure="ignore")))(cs)
+    np.testing.assert_array_equal(sols.stats.converged, [True, False])
+    np.testing.assert_array_equal(sols.stats.nonfinite, [False, True])
+    assert int(sols.stats.status[1]) != QPStatus.SOLVED
+    np.testing.assert_allclose(sols.primal[0], [-0.5, 0.25], atol=1e-7)
+
+
 def test_primal_infeasible_status():
     G = np.vstack([np.eye(3), -np.eye(3)])
     h = np.array([1.0, 1.0, 1.0, -2.0, 0.0, 0.0])

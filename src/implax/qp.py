@@ -117,17 +117,24 @@ def qp(
     r"""Solves :math:`\min_x \frac12 x^\top Q x + c^\top x` s.t. :math:`Ax = b,\ Gx \le h`, differentiably.
 
     The solver is Mehrotra's predictor-corrector interior-point method on the slack form
-    :math:`Gx + s = h,\ s \ge 0`, each step one LU factorization of the reduced KKT matrix
+    :math:`Gx + s = h,\ s \ge 0`, each step one LU factorization of the (regularized) reduced KKT matrix
     :math:`\begin{bmatrix} Q + G^\top W G & A^\top \\ A & 0 \end{bmatrix}`, :math:`W = \mathrm{diag}(z/s)`,
-    used for both the predictor and the corrector. Without inequalities the problem is solved by one KKT solve.
-    Everything is JAX: ``jit``, ``vmap`` (one status per problem), float32 and float64.
+    used for both the predictor and the corrector; in float64 each direction is refined once against the
+    unreduced system. The iteration aims at complementarity :math:`\max_i |s_i z_i| \le` ``tol``:math:`^{3/2}`
+    (times the problem's scale), so that each constraint's slack or dual is far below the other and the active
+    set is read from the returned point; when rounding stops progress first, a point whose residual meets ``tol``
+    is accepted. Without inequalities the problem is solved by one KKT solve. Everything is JAX: ``jit``,
+    ``vmap`` (one status per problem), float32 and float64.
 
     Derivatives: the implicit function theorem on the KKT conditions (module documentation), through
-    :func:`implax.custom_root`; the optimality function's complementarity rows are divided by the (constant)
-    duals, which makes its Jacobian symmetric, so the backward solve is the reduced KKT matrix factored once at
-    the returned point (:class:`FactoredKKTSolve`), refined against the exact Jacobian: one LU of size
-    :math:`n + p` for any number of backward solves. All of ``Q, c, A, b, G, h`` are differentiable; ``Q``
-    enters as :math:`\frac12(Q + Q^\top)`, so its derivative is symmetric.
+    :func:`implax.custom_root`. At the optimum (``relaxation = 0``) the conditions are those of the active set
+    :math:`\mathcal{A} = \{i : z_i > s_i\}` at the returned point: :math:`G_i x = h_i` for :math:`i \in
+    \mathcal{A}`, :math:`z_i = 0` otherwise, the exact derivative of the solution wherever strict
+    complementarity holds (not the derivative of the interior point, which differs from it by
+    :math:`O(s_i/z_i)`). Either form has a symmetric Jacobian, so the backward solve is the reduced KKT matrix
+    factored once at the returned point (:class:`FactoredKKTSolve`), refined against the exact Jacobian: one LU
+    of size :math:`n + p` for any number of backward solves. All of ``Q, c, A, b, G, h`` are differentiable;
+    ``Q`` enters as :math:`\frac12(Q + Q^\top)`, so its derivative is symmetric.
 
     At a degenerate solution (an active constraint with a zero dual, which is typical of linear programs) the
     exact derivative is discontinuous and, for a linear program, zero almost everywhere. ``relaxation`` =
@@ -340,7 +347,10 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         r_d, r_p, r_g = residuals(x, s, y, z)
         feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p)
         complementarity = _inf_norm(s * z - relaxation) / jnp.maximum(scale_d, scale_p)
-        return jnp.maximum(feasibility, complementarity / target_scale), jnp.maximum(feasibility, complementarity)
+        # Batched reductions on CPU may drop NaNs: a non-finite point is given an infinite residual explicitly.
+        finite = _all_finite(x, s, y, z)
+        target = jnp.maximum(feasibility, complementarity / target_scale)
+        return jnp.where(finite, target, jnp.inf), jnp.where(finite, jnp.maximum(feasibility, complementarity), jnp.inf)
 
     def improves(new, old):
         # Points that meet tol come first, ordered by the target residual; the others by the residual.

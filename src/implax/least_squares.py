@@ -87,36 +87,64 @@ class _GaussNewtonState(NamedTuple):
     value: jax.Array
     damping: jax.Array
     growth: jax.Array
+    jacobian: Any
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _GaussNewtonFamily(IterativeSolver):
+    r"""Shared by Gauss–Newton and Levenberg–Marquardt: each step evaluates the residuals once, at its trial
+    point :math:`x^+`, and takes from that evaluation :math:`\frac12\|r\|^2`, the gradient :math:`J^\top r` (the
+    stopping residual) and, for the dense normal systems, :math:`J` itself, kept in the state for the next
+    step's normal matrix. Matrix-free systems linearize the residuals again at the next step instead.
+    """
+
     linear_solver: Any = None
 
     def check_problem(self, problem):
         if not isinstance(problem, LeastSquaresProblem):
             raise TypeError(f"{type(self).__name__} solves least-squares problems: use implax.least_squares")
 
-    def _linearize(self, problem, x, params):
-        """``(r, J·, Jᵀ·)`` at ``x``."""
-        residuals, jvp = jax.linearize(lambda y: problem.residuals(y, params), x)
-        vjp = jax.linear_transpose(jvp, x)
-        return residuals, jvp, lambda w: vjp(w)[0]
+    def _dense(self, x) -> bool:
+        return self.linear_solver is None and ravel_pytree(x)[0].size <= DENSE_MAX
 
-    def _normal_solve(self, jvp, vjp, rhs, damping):
-        r"""Solves :math:`(J^\top J + \mu I)\, \delta = \mathrm{rhs}`.
+    def _evaluate(self, problem, x, params):
+        r"""``(½‖r‖², Jᵀr, J)`` at ``x``.
 
-        Without a ``linear_solver``, up to ``DENSE_MAX`` unknowns :math:`J` is materialized from ``n`` JVPs and
-        the normal matrix factored by Cholesky (a singular one gives a non-finite step, which stops the solve);
-        above, CG runs on the products :math:`J^\top (J v)`.
+        Dense: :math:`J` from ``n`` JVPs of one linearization (a matrix of the flat residuals by the flat
+        unknowns) and :math:`J^\top r` as its product with :math:`r`. Matrix-free: one VJP, and ``None`` for
+        :math:`J`.
         """
-        rhs_flat, unravel = ravel_pytree(rhs)
-        if self.linear_solver is None and rhs_flat.size <= DENSE_MAX:
-            jacobian = jax.vmap(lambda v: ravel_pytree(jvp(unravel(v)))[0], out_axes=1)(
-                jnp.eye(rhs_flat.size, dtype=rhs_flat.dtype)
-            )
+        if self._dense(x):
+            x_flat, unravel = ravel_pytree(x)
+            residuals, jvp = jax.linearize(lambda y: ravel_pytree(problem.residuals(unravel(y), params))[0], x_flat)
+            jacobian = jax.vmap(jvp, out_axes=1)(jnp.eye(x_flat.size, dtype=x_flat.dtype))
+            return 0.5 * _squared_norm(residuals), unravel(jacobian.T @ residuals), jacobian
+        residuals, pullback = jax.vjp(lambda y: problem.residuals(y, params), x)
+        return 0.5 * _squared_norm(residuals), pullback(residuals)[0], None
+
+    def _operators(self, problem, x, params, state):
+        """``(J·, Jᵀ·)`` at ``x``: products with the stored :math:`J`, or a linearization of the residuals."""
+        if state.jacobian is not None:
+            jacobian = state.jacobian
+            _, unravel = ravel_pytree(x)
+            return (lambda v: jacobian @ ravel_pytree(v)[0]), (lambda w: unravel(jacobian.T @ w))
+        _, jvp = jax.linearize(lambda y: problem.residuals(y, params), x)
+        vjp = jax.linear_transpose(jvp, x)
+        return jvp, lambda w: vjp(w)[0]
+
+    def _normal_solve(self, state, operators, rhs, damping):
+        r"""Solves :math:`(J^\top J + \mu I)\, \delta = \mathrm{rhs}` with ``operators``, ``(J·, Jᵀ·)`` at ``x``.
+
+        Without a ``linear_solver``, up to ``DENSE_MAX`` unknowns, the normal matrix of the stored :math:`J` is
+        factored by Cholesky (a singular one gives a non-finite step, which stops the solve); above, CG runs on
+        the products :math:`J^\top (J v)`.
+        """
+        if state.jacobian is not None:
+            rhs_flat, unravel = ravel_pytree(rhs)
+            jacobian = state.jacobian
             normal = jacobian.T @ jacobian + damping * jnp.eye(rhs_flat.size, dtype=jacobian.dtype)
             return unravel(jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(normal), rhs_flat))
+        jvp, vjp = operators
         solver = linear.CG(on_failure="ignore") if self.linear_solver is None else self.linear_solver
 
         def matvec(v):
@@ -125,12 +153,10 @@ class _GaussNewtonFamily(IterativeSolver):
         return solve_linear(matvec, rhs, solver)
 
     def init(self, problem, x, params):
-        residuals, _, vjp = self._linearize(problem, x, params)
-        gradient = vjp(residuals)
-        value = 0.5 * _squared_norm(residuals)
+        value, gradient, jacobian = self._evaluate(problem, x, params)
         # Levenberg–Marquardt sets its damping at the first step (growth 0 marks it unset).
         zero = jnp.zeros((), value.dtype)
-        return x, _GaussNewtonState(gradient, value, zero, zero)
+        return x, _GaussNewtonState(gradient, value, zero, zero, jacobian)
 
 
 def _squared_norm(tree):
@@ -141,6 +167,11 @@ def _squared_norm(tree):
 class GaussNewton(_GaussNewtonFamily):
     r"""Gauss–Newton: :math:`J^\top J\, \delta = -J^\top r`, then :math:`x \leftarrow x + t\delta` with the
     largest :math:`t \in \{1, \frac12, \dots\}` that satisfies Armijo's condition on :math:`\frac12\|r\|^2`.
+
+    The full step is evaluated with its gradient (and Jacobian), which the next step needs; only when it fails
+    the test does a backtracking loop evaluate :math:`\frac12\|r\|^2` at :math:`t = \frac12, \frac14, \dots`,
+    and then the accepted point once more. An accepted full step, the usual case near the solution, costs one
+    evaluation of the residuals and their Jacobian.
 
     Quadratic convergence on zero-residual problems; needs :math:`J` of full column rank (a rank-deficient
     :math:`J` makes the step non-finite or the line search fail, which the statistics report — use
@@ -156,19 +187,18 @@ class GaussNewton(_GaussNewtonFamily):
     armijo: float = 1e-4
 
     def step(self, problem, x, params, state):
-        _, jvp, vjp = self._linearize(problem, x, params)
         gradient = state.residual
-        direction = self._normal_solve(jvp, vjp, tree_scale(-1, gradient), 0.0)
+        operators = self._operators(problem, x, params, state)
+        direction = self._normal_solve(state, operators, tree_scale(-1, gradient), 0.0)
         slope = tree_vdot(gradient, direction)
 
-        def value_and_gradient(t):
+        def evaluated(t):
             x_new = tree_add(x, tree_scale(t, direction))
-            residuals, pullback = jax.vjp(lambda y: problem.residuals(y, params), x_new)
-            return x_new, 0.5 * _squared_norm(residuals), pullback(residuals)[0]
+            return (x_new, *self._evaluate(problem, x_new, params))
 
-        # The full step, with its gradient for the next step, is usually accepted; once its decrease is below
-        # the precision of ½‖r‖², where the test would fail on rounding, it is taken as well.
-        full = value_and_gradient(1.0)
+        # The full step is usually accepted; once its decrease is below the precision of ½‖r‖², where the test
+        # would fail on rounding, it is taken as well.
+        full = evaluated(1.0)
         rounding = jnp.abs(slope) <= 100 * jnp.finfo(state.value.dtype).eps * jnp.abs(state.value)
         take_full = jax.lax.stop_gradient(
             rounding | (jnp.isfinite(full[1]) & (full[1] <= state.value + self.armijo * slope))
@@ -182,10 +212,10 @@ class GaussNewton(_GaussNewtonFamily):
                 return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
 
             t, _ = backtrack(accepted, jnp.full((), 0.5, state.value.dtype), 0.5, self.max_backtracks)
-            return value_and_gradient(t)
+            return evaluated(t)
 
-        x_new, value, gradient = jax.lax.cond(take_full, lambda: full, backtracked)
-        return x_new, _GaussNewtonState(gradient, value, state.damping, state.growth)
+        x_new, value, gradient, jacobian = jax.lax.cond(take_full, lambda: full, backtracked)
+        return x_new, _GaussNewtonState(gradient, value, state.damping, state.growth, jacobian)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,18 +238,17 @@ class LevenbergMarquardt(_GaussNewtonFamily):
     damping: float = 1e-3
 
     def step(self, problem, x, params, state):
-        _, jvp, vjp = self._linearize(problem, x, params)
         gradient = state.residual
+        operators = self._operators(problem, x, params, state)
         gradient_norm2 = _squared_norm(gradient)
-        curvature = _squared_norm(jvp(gradient)) / jnp.where(gradient_norm2 > 0, gradient_norm2, 1)
+        curvature = _squared_norm(operators[0](gradient)) / jnp.where(gradient_norm2 > 0, gradient_norm2, 1)
         first = state.growth == 0
         damping = jnp.where(first, self.damping * jnp.where(curvature > 0, curvature, 1), state.damping)
         growth = jnp.where(first, 2.0, state.growth).astype(state.value.dtype)
         damping = jax.lax.stop_gradient(damping)
-        direction = self._normal_solve(jvp, vjp, tree_scale(-1, gradient), damping)
+        direction = self._normal_solve(state, operators, tree_scale(-1, gradient), damping)
         x_trial = tree_add(x, direction)
-        residuals_trial, _, vjp_trial = self._linearize(problem, x_trial, params)
-        value_trial = 0.5 * _squared_norm(residuals_trial)
+        value_trial, gradient_trial, jacobian_trial = self._evaluate(problem, x_trial, params)
         predicted = 0.5 * tree_vdot(direction, tree_add(tree_scale(damping, direction), tree_scale(-1, gradient)))
         ratio = (state.value - value_trial) / jnp.where(predicted > 0, predicted, 1)
         accept = jax.lax.stop_gradient(jnp.isfinite(value_trial) & (predicted > 0) & (ratio > 0))
@@ -228,8 +257,12 @@ class LevenbergMarquardt(_GaussNewtonFamily):
         new_growth = jnp.where(accept, 2.0, 2 * growth).astype(state.value.dtype)
 
         def pick(new, old):
-            return jnp.where(accept, new, old)
+            return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
 
-        x_new = jax.tree.map(pick, x_trial, x)
-        gradient_new = jax.tree.map(pick, vjp_trial(residuals_trial), gradient)
-        return x_new, _GaussNewtonState(gradient_new, pick(value_trial, state.value), new_damping, new_growth)
+        return pick(x_trial, x), _GaussNewtonState(
+            pick(gradient_trial, gradient),
+            pick(value_trial, state.value),
+            new_damping,
+            new_growth,
+            pick(jacobian_trial, state.jacobian),
+        )

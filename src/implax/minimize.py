@@ -19,10 +19,11 @@ The root solvers :class:`implax.Newton` and :class:`implax.Broyden` also minimiz
 :math:`\nabla_x f`. The proximal operator and the projection receive ``params`` and are differentiated with
 respect to it like the objective.
 
-Stopping uses the norm of the gradient mapping :math:`G = (x - T_\eta(x)) / \eta` (for :class:`GradientDescent`,
-:math:`\nabla f(x)`) relative to its value at ``x0``; ``stats.residual`` is its norm at the returned ``x``. With
-FISTA's extrapolation the loop measures it at the extrapolated point, where the gradient is at hand, and the
-reported residual is evaluated at ``x`` once, after the loop.
+Stopping uses the norm of the gradient mapping :math:`G = (y - T_\eta(y)) / \eta` (for :class:`GradientDescent`,
+:math:`\nabla f(y)`) relative to its value at ``x0``; ``stats.residual`` is its norm at the returned ``x``. The
+loop measures it at :math:`y`, the point each step is taken from (the previous iterate, or FISTA's extrapolated
+point), where it is the step itself, :math:`(y - x^+) / \eta`, at no cost; the reported residual is evaluated at
+``x`` once, after the loop.
 
 Step sizes come from a backtracking search on the sufficient-decrease test
 
@@ -31,7 +32,9 @@ Step sizes come from a backtracking search on the sufficient-decrease test
 with :math:`D = \frac12\|\cdot\|^2` (Euclidean methods) or the Kullback–Leibler divergence (mirror descent),
 starting from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|` at ``x0``. The
 Euclidean methods never increase it (which FISTA's convergence needs); mirror descent, whose geometry that
-estimate does not measure, tries twice the last step at each search.
+estimate does not measure, tries twice the last step after each accepted one. Each trial is one iteration of
+the solver's loop: an accepted trial is the step, a rejected one leaves ``x`` in place and shrinks the step, so
+``stats.num_steps`` counts both.
 """
 
 from __future__ import annotations
@@ -193,6 +196,8 @@ class _ProximalState(NamedTuple):
     grad: Any
     stepsize: jax.Array
     momentum: jax.Array
+    rejections: jax.Array
+    grow: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -202,8 +207,8 @@ class _ProximalMethod(_MinimizationSolver):
     Attributes:
       stepsize: a fixed step :math:`\eta`; ``None`` searches it by backtracking (module documentation). The
         condition differentiated uses this step, or 1 when it is searched.
-      max_backtracks: shrinkings tried per step.
-      decrease: factor applied to the step at each shrinking.
+      max_backtracks: rejected trials in a row after which the next trial is taken untested.
+      decrease: factor applied to the step at each rejection.
     """
 
     stepsize: float | None = None
@@ -239,7 +244,7 @@ class _ProximalMethod(_MinimizationSolver):
         stepsize = self._initial_stepsize(problem, x, grad, params)
         _, residual = self._gradient_mapping(x, grad, params, stepsize)
         one = jnp.ones((), stepsize.dtype)
-        return x, _ProximalState(residual, x, value, grad, stepsize, one)
+        return x, _ProximalState(residual, x, value, grad, stepsize, one, jnp.zeros((), jnp.int32), jnp.array(True))
 
     def _initial_stepsize(self, problem, x, grad, params):
         dtype = jnp.result_type(*jax.tree.leaves(x))
@@ -247,49 +252,82 @@ class _ProximalMethod(_MinimizationSolver):
             return jnp.asarray(self.stepsize, dtype)
         return inverse_curvature(problem.objective, x, params, grad).astype(dtype)
 
-    def _search(self, problem, state, params):
+    def _evaluate(self, problem, y, grad, params, eta):
+        r""":math:`x^+ = T_\eta(y)` with :math:`f(x^+)` (``None`` under a fixed step with extrapolation, where it is
+        not needed) and, without extrapolation (where the next step starts at :math:`x^+`), :math:`\nabla f(x^+)`."""
+        x_new = self.step_map(y, grad, params, eta)
+        if not self.accelerated:
+            return (x_new, *jax.value_and_grad(problem.objective)(x_new, params))
+        value = None if self.stepsize is not None else problem.objective(x_new, params)
+        return x_new, value, None
+
+    def _trial(self, problem, state, params):
+        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), η_next, grow)``: the trial step from ``state.y`` and the next trial.
+
+        The trial is evaluated together with what the next step needs, so an accepted trial, the usual case, costs
+        one evaluation of :math:`T_\eta` and of :math:`f` (with its gradient without extrapolation), and the
+        search needs no loop of its own. A rejected trial leaves the iterate where it is (it counts as a step)
+        and shrinks the step to :math:`\rho\eta`; for mirror descent, whose step grows again after every
+        accepted one, to :math:`\rho \min(\eta, D(x^+, y) / c)`, where
+        :math:`c = f(x^+) - f(y) - \langle \nabla f(y), x^+ - y \rangle > D(x^+, y) / \eta` is the curvature the
+        test measured: :math:`D / c` is the largest step that would have passed if :math:`c / D` did not depend on
+        the step (as for small steps), so one retry usually suffices.
+        """
         y, value, grad, stepsize = state.y, state.value, state.grad, state.stepsize
         if self.stepsize is not None:
-            return stepsize
-        y, value, grad, params = jax.lax.stop_gradient((y, value, grad, params))
-
-        def accepted(eta):
-            x_new = self.step_map(y, grad, params, eta)
-            distance = self.distance(x_new, y)
-            bound = value + tree_vdot(grad, tree_sub(x_new, y)) + distance / eta
-            trial = problem.objective(x_new, params)
-            # A step too small to move y passes the test trivially; it is no step.
-            return jnp.isfinite(trial) & (distance > 0) & (trial <= bound)
-
-        eta, ok = backtrack(
-            accepted, stepsize / self.decrease if self.grows else stepsize, self.decrease, self.max_backtracks
+            return (True, stepsize, *self._evaluate(problem, y, grad, params, stepsize), stepsize, state.grow)
+        eta = jnp.where(state.grow, stepsize / self.decrease, stepsize) if self.grows else stepsize
+        x_new, trial_value, trial_grad = self._evaluate(problem, y, grad, params, eta)
+        distance, curvature = jax.lax.stop_gradient(
+            (self.distance(x_new, y), trial_value - value - tree_vdot(grad, tree_sub(x_new, y)))
         )
+        # A step too small to move y passes the test trivially; it is no step.
+        passed = jnp.isfinite(trial_value) & (distance > 0) & (curvature <= distance / eta)
         # The decrease a step promises is D(x⁺, y) / η. Once it is below the precision of f the test fails on
         # rounding at every step size, and shrinking would collapse the step (with a gradient mapping that
-        # vanishes as if converged): then, and when the search fails, keep the step that held so far.
-        promised = self.distance(self.step_map(y, grad, params, stepsize), y) / stepsize
-        rounding = promised <= 100 * jnp.finfo(value.dtype).eps * jnp.abs(value)
-        return jnp.where(ok & ~rounding, eta, stepsize)
+        # vanishes as if converged): then, and after max_backtracks rejections in a row, the trial is taken,
+        # and the step does not grow at the next one.
+        rounding = distance / eta <= 100 * jnp.finfo(value.dtype).eps * jnp.abs(value)
+        accept = passed | rounding | (state.rejections >= self.max_backtracks)
+        if self.grows:
+            limit = distance / jnp.where(curvature > 0, curvature, 1)
+            limit = jnp.where((curvature > 0) & jnp.isfinite(limit), limit, eta)
+            shrunk = self.decrease * jnp.minimum(eta, limit)
+        else:
+            shrunk = self.decrease * eta
+        return accept, eta, x_new, trial_value, trial_grad, jnp.where(accept, eta, shrunk), passed & ~rounding
 
     def step(self, problem, x, params, state):
-        stepsize = self._search(problem, state, params)
-        x_new, residual = self._gradient_mapping(state.y, state.grad, params, stepsize)
+        accept, stepsize, x_trial, value, grad, next_stepsize, grow = self._trial(problem, state, params)
+
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+        x_new = pick(x_trial, x)
         momentum = state.momentum
-        y = x_new
+        y = x_trial
         if self.accelerated:
             momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
-            y = tree_add(x_new, tree_scale((state.momentum - 1) / momentum, tree_sub(x_new, x)))
-        value, grad = jax.value_and_grad(problem.objective)(y, params)
-        if not self.accelerated:
-            # y = x⁺, whose gradient is at hand: the residual is the gradient mapping at the returned iterate.
-            residual = self._gradient_mapping(y, grad, params, stepsize)[1]
-        return x_new, _ProximalState(residual, y, value, grad, stepsize, momentum)
+            y = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
+            value, grad = jax.value_and_grad(problem.objective)(y, params)
+        # The gradient mapping at y, the point the step was taken from, comes free: it is the loop's residual.
+        residual = pick(tree_scale(1 / stepsize, tree_sub(state.y, x_trial)), state.residual)
+        rejections = jnp.where(accept, 0, state.rejections + 1).astype(jnp.int32)
+        return x_new, _ProximalState(
+            residual,
+            pick(y, state.y),
+            pick(value, state.value),
+            pick(grad, state.grad),
+            jax.lax.stop_gradient(next_stepsize),
+            pick(momentum, state.momentum),
+            rejections,
+            jnp.asarray(grow),
+        )
 
     def final_residual(self, problem, x, params, state):
-        if not self.accelerated:
-            return state.residual
-        # FISTA stops on the gradient mapping at the extrapolated point; the reported one is at x.
-        grad = jax.grad(problem.objective)(x, params)
+        # The loop's residual is at y (the previous iterate, or FISTA's extrapolation); the reported one is at x,
+        # whose gradient is at hand without extrapolation.
+        grad = jax.grad(problem.objective)(x, params) if self.accelerated else state.grad
         return self._gradient_mapping(x, grad, params, state.stepsize)[1]
 
 
@@ -395,7 +433,9 @@ class MirrorDescent(_ProximalMethod):
 
     def distance(self, x, y):
         # KL(x‖y) = Σ y φ(x/y − 1) with φ(u) = (1 + u) log1p(u) − u ≥ 0: no cancellation when x ≈ y.
-        u = x / y - 1
+        # An entry of y that underflowed to 0 has x = 0 too (the step is multiplicative): its term is 0.
+        positive = y > 0
+        u = jnp.where(positive, x / jnp.where(positive, y, 1), 1) - 1
         return jnp.sum(y * ((1 + u) * jnp.log1p(u) - u))
 
     def init(self, problem, x, params):
@@ -427,7 +467,10 @@ class LBFGS(_MinimizationSolver):
     initial scale :math:`\gamma = s^\top y / y^\top y` of the newest pair (:math:`\|g\| / \|\nabla^2 f\, g\|`
     before the first, from one Hessian-vector product). The step :math:`t \in \{1, \frac12, \dots\}` is the
     largest with :math:`f(x + t d) \le f(x) + c\, t\, g^\top d` (:math:`t = 1` once the decrease
-    :math:`|g^\top d|` is below the precision of :math:`f`, where the test would fail on rounding). A pair with
+    :math:`|g^\top d|` is below the precision of :math:`f`, where the test would fail on rounding). The full step
+    is evaluated together with its gradient, which the next step needs, so an accepted full step, the usual
+    case, costs one evaluation of :math:`f` and :math:`\nabla f`; only a rejected one enters the backtracking
+    loop, whose trials evaluate :math:`f` alone. A pair with
     :math:`s^\top y \le 0` (possible without the Wolfe curvature condition, on nonconvex :math:`f`) is not
     stored, so :math:`H` stays positive definite; a direction that is not a descent direction is replaced by
     :math:`-\gamma g`.
@@ -447,6 +490,11 @@ class LBFGS(_MinimizationSolver):
     memory: int = 10
     max_backtracks: int = 30
     armijo: float = 1e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_backtracks < 1:
+            raise ValueError(f"max_backtracks must be at least 1, got {self.max_backtracks}")
 
     def problem(self, objective):
         return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
@@ -487,21 +535,29 @@ class LBFGS(_MinimizationSolver):
         descent = slope < 0
         d = jnp.where(descent, d, -state.gamma * g)
         slope = jnp.where(descent, slope, -state.gamma * jnp.vdot(g, g))
+        one = jnp.ones((), x_flat.dtype)
+        # The full step is tried first with the objective's gradient, which the next step needs: it is usually
+        # accepted, and then costs one evaluation of f and its gradient. Once the decrease |gᵀd| is below the
+        # precision of f, where the test would fail on rounding, it is taken as well.
+        full_value, full_grad = jax.value_and_grad(problem.objective)(unravel(x_flat + d), params)
+        rounding = jnp.abs(slope) <= 100 * jnp.finfo(x_flat.dtype).eps * jnp.abs(state.value)
+        take_full = jax.lax.stop_gradient(
+            rounding | (jnp.isfinite(full_value) & (full_value <= state.value + self.armijo * slope))
+        )
         frozen = jax.lax.stop_gradient((x_flat, d, params, state.value, slope))
 
-        def accepted(t):
-            x_f, d_f, params_f, value_f, slope_f = frozen
-            trial = problem.objective(unravel(x_f + t * d_f), params_f)
-            return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
+        def backtracked():
+            def accepted(t):
+                x_f, d_f, params_f, value_f, slope_f = frozen
+                trial = problem.objective(unravel(x_f + t * d_f), params_f)
+                return jnp.isfinite(trial) & (trial <= value_f + self.armijo * t * slope_f)
 
-        one = jnp.ones((), x_flat.dtype)
-        t, _ = backtrack(accepted, one, 0.5, self.max_backtracks)
-        # A decrease below the precision of f cannot be tested: there the full quasi-Newton step is taken.
-        rounding = jnp.abs(slope) <= 100 * jnp.finfo(x_flat.dtype).eps * jnp.abs(state.value)
-        t = jax.lax.stop_gradient(jnp.where(rounding, one, t))
+            t, _ = backtrack(accepted, 0.5 * one, 0.5, self.max_backtracks - 1)
+            return (t, *jax.value_and_grad(problem.objective)(unravel(x_flat + t * d), params))
+
+        t, value, grad = jax.lax.cond(take_full, lambda: (one, full_value, full_grad), backtracked)
         s = t * d
         x_new = unravel(x_flat + s)
-        value, grad = jax.value_and_grad(problem.objective)(x_new, params)
         y = ravel_pytree(grad)[0] - g
         sy, yy = jnp.vdot(s, y), jnp.vdot(y, y)
         update = jax.lax.stop_gradient(sy > jnp.finfo(x_flat.dtype).eps * jnp.linalg.norm(s) * jnp.sqrt(yy))

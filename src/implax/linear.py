@@ -359,9 +359,14 @@ class GMRES(LinearSolver):
 
 
 def _gmres(matvec, b, rtol, atol, m, maxiter):
-    """Restarted GMRES(``m``) on flat arrays from ``x = 0`` (see :class:`GMRES`)."""
+    """Restarted GMRES(``m``) on flat arrays from ``x = 0`` (see :class:`GMRES`).
+
+    The basis is read and written through one-hot masks rather than at the step index: under ``vmap`` the index
+    differs per element, an indexed update becomes a scatter, while a masked one fuses with the ``while_loop``'s
+    selection of the carry (which rewrites the basis anyway).
+    """
     dtype = b.dtype
-    threshold = rtol * jnp.linalg.norm(b) + atol
+    threshold = rtol * jnp.sqrt(b @ b) + atol
     rows = jnp.arange(m + 1)
 
     def cycle(x, r, beta):
@@ -373,29 +378,24 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
 
         def arnoldi_step(carry):
             k, basis, r_factor, rotations, _ = carry
-            w = matvec(basis[k])
+            at_k, below_k = rows == k, rows == k + 1
+            w = matvec(at_k.astype(dtype) @ basis)
             h = basis @ w
             w = w - h @ basis
             correction = basis @ w
             w = w - correction @ basis
-            norm = jnp.linalg.norm(w)
-            basis = basis.at[k + 1].set(w / jnp.where(norm > 0, norm, 1))
-            at_k, below_k = rows == k, rows == k + 1
+            norm = jnp.sqrt(w @ w)
+            basis = jnp.where(below_k[:, None], w / jnp.where(norm > 0, norm, 1), basis)
             column = rotations @ jnp.where(below_k, norm, h + correction)
-            a, c = column @ at_k, column @ below_k
-            radius = jnp.hypot(a, c)
-            cos = jnp.where(radius > 0, a / jnp.where(radius > 0, radius, 1), 1)
-            sin = jnp.where(radius > 0, c / jnp.where(radius > 0, radius, 1), 0)
-            # The rotation acts on rows k and k + 1: [cos, sin; -sin, cos].
-            row_k, row_below = at_k @ rotations, below_k @ rotations
-            rotations = jnp.where(
-                at_k[:, None],
-                cos * row_k + sin * row_below,
-                jnp.where(below_k[:, None], cos * row_below - sin * row_k, rotations),
-            )
-            column = jnp.where(at_k, radius, jnp.where(below_k, 0, column))
-            r_factor = jnp.where((rows[:m] == k)[None, :], column[:m, None], r_factor)
-            return k + 1, basis, r_factor, rotations, beta * jnp.abs(below_k @ rotations[:, 0])
+            # The rotation [cos, sin; -sin, cos] on rows k and k + 1 zeroes the column's entry k + 1.
+            a, c = column[k], column[k + 1]
+            radius = jnp.sqrt(a * a + c * c)
+            safe = jnp.where(radius > 0, radius, 1)
+            cos, sin = jnp.where(radius > 0, a / safe, 1), c / safe
+            row_k, row_below = rotations[k], rotations[k + 1]
+            rotations = rotations.at[k].set(cos * row_k + sin * row_below).at[k + 1].set(cos * row_below - sin * row_k)
+            r_factor = r_factor.at[:, k].set(jnp.where(at_k, radius, column)[:m])
+            return k + 1, basis, r_factor, rotations, beta * jnp.abs(cos * row_below[0] - sin * row_k[0])
 
         init = (jnp.zeros((), jnp.int32), basis, jnp.eye(m, dtype=dtype), jnp.eye(m + 1, dtype=dtype), beta)
         k, basis, r_factor, rotations, _ = jax.lax.while_loop(arnoldi_cond, arnoldi_step, init)
@@ -404,7 +404,7 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
         y = jsp.linalg.solve_triangular(r_factor, rhs, lower=False)
         x = x + y @ basis[:m]
         r = b - matvec(x)
-        return x, r, jnp.linalg.norm(r)
+        return x, r, jnp.sqrt(r @ r)
 
     def cond(carry):
         _, _, beta, cycles = carry
@@ -414,7 +414,7 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
         x, r, beta, cycles = carry
         return (*cycle(x, r, beta), cycles + 1)
 
-    x, _, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, jnp.linalg.norm(b), 0))
+    x, _, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, jnp.sqrt(b @ b), 0))
     return x
 
 

@@ -186,3 +186,14 @@ def test_auto_chooses_from_size_and_structure():
     assert type(linear.Auto(positive_definite=True, dense_max=4).choose(large)) is linear.CG
     assert linear.Auto(positive_definite=True).symmetric
     assert linear.Auto(rtol=1e-3, on_failure="nan").choose(small) == linear.LU(rtol=1e-3, on_failure="nan")
+
+
+def test_gmres_restarts_under_vmap():
+    """Cycles of 5 vectors on 30 unknowns force restarts; the batch's elements need different numbers of them."""
+    matrices = np.stack([near_identity(30, seed=10 + i, radius=r) for i, r in enumerate([0.1, 0.6, 0.9])])
+    rhs = np.random.default_rng(9).normal(size=(3, 30))
+    solver = linear.GMRES(restart=5, on_failure="raise")
+
+    x = jax.jit(jax.vmap(lambda a, b: solver(lambda v: a @ v, b)))(matrices, rhs)
+
+    assert_allclose(x, np.linalg.solve(matrices, rhs[..., None])[..., 0], rtol=1e-8, atol=1e-10)

@@ -4,7 +4,7 @@ A batch of 128 random strictly convex QPs :math:`\min \frac12 x^\top Q_i x + c_i
 :math:`G_i x \le h_i` with :math:`m = 2n` inequalities (about a third active at the solution), in float64. The
 forward pass returns the primal solutions; forward+backward is the gradient of
 :math:`L = \sum_i w_i^\top x_i^\star` with respect to all :math:`c_i` and :math:`h_i`. The references are
-independent of implax: the solutions and duals of CVXPY's Clarabel at tolerance 1e-10, and, for the gradient, the
+independent of implax: the solutions and duals of CVXPY's Clarabel at tolerance 1e-12, and, for the gradient, the
 derivative of the active-set KKT system at Clarabel's solution, solved in NumPy (for :math:`w^\top x^\star`,
 :math:`\partial L/\partial c` and :math:`\partial L/\partial h` follow from one KKT solve with the active
 constraints as equalities).
@@ -53,17 +53,19 @@ def make_problems(n: int, seed: int = 0):
 
 
 def reference_solutions(Q, c, G, h):
-    """Primal solutions and inequality duals from CVXPY's Clarabel at tolerances 1e-10, one problem at a time."""
+    """Primal solutions and inequality duals from CVXPY's Clarabel, one problem at a time, at tolerances 1e-12
+    (1e-10 for the few problems where Clarabel stops on numerical trouble at 1e-12)."""
     import cvxpy as cp
 
     xs, zs = [], []
     for i in range(Q.shape[0]):
         x = cp.Variable(Q.shape[1])
         constraint = G[i] @ x <= h[i]
-        objective = cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q[i])) + c[i] @ x)
-        cp.Problem(objective, [constraint]).solve(
-            solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10
-        )
+        problem = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q[i])) + c[i] @ x), [constraint])
+        try:
+            problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        except cp.error.SolverError:
+            problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
         xs.append(x.value)
         zs.append(constraint.dual_value)
     return np.stack(xs), np.stack(zs)

@@ -190,7 +190,11 @@ def logistic_problem(lam: float = 1e-2) -> Problem:
         return solve
 
     methods.append(
-        Method("implax LBFGS", implax_run(implax.LBFGS(rtol=TARGET, max_steps=MAX_STEPS)), "two-loop L-BFGS, Armijo backtracking")
+        Method(
+            "implax LBFGS",
+            implax_run(implax.LBFGS(rtol=TARGET, max_steps=MAX_STEPS)),
+            "two-loop L-BFGS, Armijo backtracking",
+        )
     )
     methods.append(
         Method(
@@ -770,48 +774,61 @@ NOTES = """
 ### Reading the optimization results
 
 Iteration counts are deterministic; the run times are sub-millisecond for (a) and (d), where differences of
-10–30 % are within the spread on this shared 2-core machine (compare the spread column and the load averages).
+10–30 % are within the spread on this shared 2-core machine (compare the spread column and the load averages:
+other jobs ran during this run, and compile times in particular scale with the load, so compare them within a
+case, not with other runs).
 
-- **(a) L-BFGS.** implax's L-BFGS (Optax's, zoom line search) takes 29 iterations to the target, JAXopt's 31,
-  Optimistix's LBFGS 38 (at its loosest sufficient tolerance 1e-7) and BFGS 182 (1e-9; at 1e-8 it stops at 1.1e-8).
-  So implax does not lose on iterations; the forward times of the three L-BFGS rows are within noise of each
-  other. The **hypergradient** is where implax is slower than JAXopt: implax's backward pass solves with the
-  Hessian by `linear.Auto` — for 31 unknowns, a dense Cholesky of ∇²f built from 31 Hessian-vector products —
-  while JAXopt runs normal-equation CG to its default tol 1e-5, cheaper but less exact (its rel. error is ~1e-5,
-  implax's ~1e-7). That split is by reading the code paths, not by a profile; the forward/hypergradient difference
-  in the table (hypergradient − solve) is the cost of the backward pass of each library.
-- **(b) FISTA.** implax takes 842 iterations, JAXopt 1299 (its own rule, ‖x⁺ − y‖/η from the extrapolated point,
-  had to be set to 0.5 × the target to reach it, and at 0.3 × it never stops: it runs to 20000 steps); implax is
-  faster in both rows. Compile time is the one target implax misses here: 0.1–0.2 s more than JAXopt's
-  (implax's initial curvature estimate, a Hessian-vector product, and its checks are extra code).
-- **(c) Mirror descent: implax's step-size rule is the cause of a 40–50× slowdown.** implax starts the KL
-  backtracking from 1/L̂, L̂ = ‖∇²f g‖/‖g‖ the Euclidean curvature along the gradient: 0.0192 here, 23× smaller
-  than JAXopt's fixed step η = λ/maxᵢ‖xᵢ‖² = 0.444 (the smoothness constant with respect to the ℓ1 norm, in which
-  the KL divergence is strongly convex). Backtracking never increases the step, so implax runs all 20000 steps
-  without reaching its own rtol, while JAXopt stops after 986. Given JAXopt's step (`MirrorDescent(stepsize=η)`,
-  the "fixed η" row), implax takes the same 986 iterations as JAXopt, in about its time. Fix: estimate L in the
-  mirror map's geometry (e.g. the ℓ∞ curvature max |∇²f g|/‖g‖₁, or λ_max of the row blocks), or let the backtracking
-  increase the step (an increase factor, as JAXopt's ProximalGradient has), for mirror descent at least.
-  Compile time: implax's MirrorDescent compiles in about 1 s against JAXopt's 0.35–0.6 s (the forward) and 4 s
-  against 1.5–2.2 s (the hypergradient: implax's backward solve of the fixed-point system on 500 unknowns is
-  GMRES through `linear.Auto`; JAXopt's is normal CG).
+What each implax solver does per iteration (counted in the HLO of the compiled solve):
+
+- **(a) L-BFGS.** Each step evaluates f and ∇f once, at the full quasi-Newton step; only a rejected full step
+  enters the backtracking loop (a `lax.cond`), whose trials evaluate f alone. Before, every step evaluated f at
+  the trial inside the search loop and then f and ∇f again at the accepted point: one evaluation of f (a
+  400 × 31 product) per step less now. implax takes 31 iterations, JAXopt 31, Optimistix LBFGS 38 (at its loosest
+  sufficient tolerance 1e-7) and BFGS 182 (1e-9; at 1e-8 it stops at 1.1e-8). Measured on an idle machine in
+  interleaved calls the solve went from 0.68 to 0.48 ms (Optimistix 0.58, JAXopt 0.62) and the hypergradient from
+  0.78 to 0.63 ms (Optimistix and JAXopt 0.86). The backward pass (a dense Cholesky of the 31 × 31 Hessian built
+  from Hessian-vector products) is exact to 1e-7; JAXopt's normal-equation CG at tol 1e-5 is not (2.7e-5).
+- **(b) FISTA.** implax takes 843 iterations (one of them a rejected trial), JAXopt 1299 (its own rule,
+  ‖x⁺ − y‖/η from the extrapolated point, had to be set to 0.5 × the target to reach it, and at 0.3 × it never
+  stops: it runs to 20000 steps); implax is faster in both rows. Each iteration is one trial: the step map, f at
+  the trial and the test, then f and ∇f at the extrapolated point; a rejected trial is an iteration that leaves x
+  in place and halves the step, so the search has no loop of its own and the whole solve is one `while_loop`
+  without a `cond` (before: a backtracking `while_loop` per step, whose first trial was traced twice, and a
+  separate evaluation of the step map for the decrease it promised). The loop stops on the step just taken,
+  (y − x⁺)/η, which costs nothing; the residual at the returned x is computed once, after the loop. Compile time
+  is still not below JAXopt's: the forward solve has an initial curvature estimate (a Hessian-vector product),
+  the final residual and the checks, and the hypergradient's backward pass materializes the 55 × 55 Jacobian of
+  the fixed-point condition (`linear.Auto`: LU up to 64 unknowns, 55 JVPs), where JAXopt runs matrix-free
+  normal CG.
+- **(c) Mirror descent.** The step grows by 2 after each accepted trial; a rejected trial shrinks it to
+  ½ min(η, D/c), with D the KL divergence of the trial from y and c = f(x⁺) − f(y) − ⟨∇f(y), x⁺ − y⟩ the
+  curvature the test measured (D/c is the largest step that would have passed were c/D independent of the
+  step), so a retry usually passes. implax takes 720 iterations, rejected trials included (before: 448 steps
+  with about 2.5 trials of f in each step's search loop, and two more step maps per step), against JAXopt's 986
+  at its fixed step η = λ/maxᵢ‖xᵢ‖² = 0.444, the step from the data's ℓ1 smoothness that implax's generic
+  solver does not know. Given that step (`MirrorDescent(stepsize=η)`, the "fixed η" row) implax takes JAXopt's
+  986 iterations in its time. The searched solve went from ×1.75 to about ×1.1 of JAXopt's time, which is not
+  yet at or below it: an implax iteration also evaluates f, the KL divergence and the test, and its trials are
+  fewer but not half as many. Compile time: the searched solve compiles in about twice the time of the
+  fixed-step one (the exp/log fusions of the KL divergence, of the initial curvature estimate and of the final
+  residual at x, about 0.3 s of it); the hypergradient adds GMRES on the 500 unknowns of the fixed-point system
+  (`linear.Auto`), where JAXopt runs normal CG.
   The dual is degenerate at realistic sizes (n > 64 samples makes XXᵀ singular): at n = 500 none of the mirror
   or projected methods reached 1e-4 in 20000 steps, hence n = 50 and the looser target 1e-4 for (c). At that
   tolerance every row's hypergradient is only accurate to a few 1e-2 (the rel. error column), implax
   ProjectedGradient's best.
 - **(d) Gauss–Newton.** implax takes 7 iterations, JAXopt 9, Optimistix 9 (at rtol = atol = 1e-5); implax's LM
-  9 against JAXopt's 13 and Optimistix's 17 (at 1e-4). implax's forward GN is still not faster than
-  Optimistix's per call: each implax step linearizes the residuals twice (at x for the direction, and again at
-  x⁺ for the next gradient, `GaussNewton.step`), plus the Armijo evaluation(s): about three residual
-  evaluations and two linearizations per step against Optimistix's one. Reusing the trial point's residuals
-  (as LM already does with `vjp_trial`) would remove one of them. (Read from the code, not profiled.)
+  9 against JAXopt's 13 and Optimistix's 17 (at 1e-4). Each implax step now evaluates the residuals once, at the
+  trial point, and keeps its dense Jacobian (305 × 5, from 5 JVPs of one linearization) in the state for the
+  next step's normal matrix (before: a linearization at x and a VJP at x⁺, two residual evaluations). With a
+  fixed number of steps implax's loop costs less per iteration than Optimistix's (5.7 against 8.2 µs), but a
+  one-step solve costs about 40 µs more (0.066 against 0.029 ms, with a near-identical HLO to a hand-written
+  loop that runs in 0.035 ms; not located), so the 7-step solve stays within noise of Optimistix's 9 steps.
 - **JAXopt's least-squares hypergradients are wrong here.** Its default backward solve (`solve_normal_cg`, tol
   1e-5) squares the condition number of the Hessian of this exponential fit and returns a hypergradient of the
   wrong sign (rel. error 1.4). With `implicit_diff_solve=partial(solve_cg, tol=1e-12)` or `solve_lu` it agrees
   with the reference to 1e-10 (checked by hand, not in the table). The fast JAXopt hypergradient rows of (d) are
   fast but wrong.
-- **What was measured.** implax at commit 8e252d2 (the benchmark was run with that commit's `src` first on
-  `PYTHONPATH`, apart from uncommitted work in the tree).
 - **Unrolled.** 100 unrolled steps are cheap but off by 1e-2 (GD on (a), FISTA on (b)) to 1e-1 (MD on (c)); 1000
   steps cost 10–20× implax's implicit hypergradient in (a) and (b) and their memory grows with the steps
   (the temp column).

@@ -830,7 +830,7 @@ What each implax solver does per iteration (counted in the HLO of the compiled s
   wrong sign (rel. error 1.4). With `implicit_diff_solve=partial(solve_cg, tol=1e-12)` or `solve_lu` it agrees
   with the reference to 1e-10 (checked by hand, not in the table). The fast JAXopt hypergradient rows of (d) are
   fast but wrong.
-- **Unrolled.** 100 unrolled steps are cheap but off by 1e-2 (GD on (a), FISTA on (b)) to 1e-1 (MD on (c)); 1000
+- **Unrolled.** 100 unrolled steps are cheap but off by 2e-2 (GD on (a), FISTA on (b)) to 0.5 (MD on (c)); 1000
   steps cost 10–20× implax's implicit hypergradient in (a) and (b) and their memory grows with the steps
   (the temp column).
 """

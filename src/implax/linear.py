@@ -361,9 +361,9 @@ class GMRES(LinearSolver):
 def _gmres(matvec, b, rtol, atol, m, maxiter):
     """Restarted GMRES(``m``) on flat arrays from ``x = 0`` (see :class:`GMRES`).
 
-    The basis is read and written through one-hot masks rather than at the step index: under ``vmap`` the index
-    differs per element, an indexed update becomes a scatter, while a masked one fuses with the ``while_loop``'s
-    selection of the carry (which rewrites the basis anyway).
+    The new basis vector is written through a one-hot mask rather than at the step index: under ``vmap`` the
+    index differs per element and an indexed update becomes a scatter, while a masked one fuses with the
+    ``while_loop``'s selection of the carry (which rewrites the basis anyway).
     """
     dtype = b.dtype
     threshold = rtol * jnp.sqrt(b @ b) + atol
@@ -379,7 +379,7 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
         def arnoldi_step(carry):
             k, basis, r_factor, rotations, _ = carry
             at_k, below_k = rows == k, rows == k + 1
-            w = matvec(at_k.astype(dtype) @ basis)
+            w = matvec(basis[k])
             h = basis @ w
             w = w - h @ basis
             correction = basis @ w

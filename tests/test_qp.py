@@ -145,10 +145,21 @@ def test_gradients_at_weakly_active_constraints_are_the_active_set_derivative():
         Ga = G[i][active]
         K = np.block([[Q[i], Ga.T], [Ga, np.zeros((len(Ga), len(Ga)))]])
         u = np.linalg.solve(K, np.concatenate([w[i], np.zeros(len(Ga))]))
-        np.testing.assert_allclose(sols.primal[i], x, atol=1e-6)
+        np.testing.assert_allclose(sols.primal[i], x, atol=1e-8)
         np.testing.assert_allclose(grad_c[i], -u[:n], atol=1e-8)
         np.testing.assert_allclose(grad_h[i][active], u[n:], atol=1e-8)
         np.testing.assert_allclose(grad_h[i][~active], 0.0, atol=1e-8)
+
+
+def test_polished_solution_is_exact_at_weakly_active_constraints():
+    # min ½‖x − a‖² s.t. x ≤ 0: x* = min(a, 0), z* = max(a, 0); duals of 1e-6 leave the interior point's
+    # active slacks near 1e-8, the polishing step on the active set removes them.
+    a = np.array([1e-6, -1.0, 2.0, 3e-6, 0.5])
+    sol = jax.jit(implax.qp)(np.eye(5), -a, G=np.eye(5), h=np.zeros(5))
+    assert int(sol.stats.status) == QPStatus.SOLVED
+    np.testing.assert_allclose(sol.primal, np.minimum(a, 0), atol=1e-14)
+    np.testing.assert_allclose(sol.inequality_dual, np.maximum(a, 0), atol=1e-14)
+    assert float(sol.stats.residual) <= 1e-14
 
 
 def test_nan_data_is_flagged_and_leaves_the_batch_alone():

@@ -120,7 +120,7 @@ def qp(
     The solver is Mehrotra's predictor-corrector interior-point method on the slack form
     :math:`Gx + s = h,\ s \ge 0`, each step one LU factorization of the (regularized) reduced KKT matrix
     :math:`\begin{bmatrix} Q + G^\top W G & A^\top \\ A & 0 \end{bmatrix}`, :math:`W = \mathrm{diag}(z/s)`,
-    used for both the predictor and the corrector; in float64 each direction is refined once against the
+    used for both the predictor and the corrector; in float64 the corrector direction is refined once against the
     unreduced system. The iteration aims at complementarity :math:`\max_i |s_i z_i| \le` ``tol``:math:`^{3/2}`
     (times the problem's scale), so that each constraint's slack or dual is far below the other and the active
     set is read from the returned point; when rounding stops progress first, a point whose residual meets ``tol``

@@ -118,6 +118,20 @@ def _l2(v) -> float:
     return float(np.linalg.norm(np.ravel(np.asarray(v))))
 
 
+def unrolled_methods(label, make_solver, implax_run) -> list:
+    """Autodiff through K steps of ``make_solver(K)`` (``implax.Unrolled()``), for each K in ``UNROLLED_STEPS``."""
+    return [
+        Method(
+            f"unrolled {label} ×{steps}",
+            implax_run(make_solver(steps), implax.Unrolled()),
+            "implax Unrolled()",
+            forward=False,
+            quick=False,
+        )
+        for steps in UNROLLED_STEPS
+    ]
+
+
 def _relative_error(value, reference) -> float:
     value, reference = np.asarray(value, dtype=float), np.asarray(reference, dtype=float)
     return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
@@ -221,17 +235,9 @@ def logistic_problem(lam: float = 1e-2) -> Problem:
 
         methods.append(Method(name, optx_solve, f"rtol=atol={OPTX_TOL[name]:g}", quick=name.endswith("LBFGS")))
 
-    for steps in UNROLLED_STEPS:
-        solver = implax.GradientDescent(rtol=TARGET, max_steps=steps)
-        methods.append(
-            Method(
-                f"unrolled GD ×{steps}",
-                implax_run(solver, implax.Unrolled()),
-                "implax Unrolled()",
-                forward=False,
-                quick=False,
-            )
-        )
+    methods.extend(
+        unrolled_methods("GD", lambda steps: implax.GradientDescent(rtol=TARGET, max_steps=steps), implax_run)
+    )
     return Problem(
         "a",
         f"(a) logistic n={len(train[1])} p={p} λ={lam:g}",
@@ -332,17 +338,11 @@ def lasso_problem(lam: float = 0.01) -> Problem:
         ),
         Method("JAXopt ProximalGradient", jaxopt_solve, f"FISTA, prox_lasso, tol={tol:.1e} on ‖x⁺−y‖/η"),
     ]
-    for steps in UNROLLED_STEPS:
-        solver = implax.ProximalGradient(prox, rtol=TARGET, max_steps=steps)
-        methods.append(
-            Method(
-                f"unrolled ProximalGradient ×{steps}",
-                implax_run(solver, implax.Unrolled()),
-                "implax Unrolled()",
-                forward=False,
-                quick=False,
-            )
+    methods.extend(
+        unrolled_methods(
+            "ProximalGradient", lambda steps: implax.ProximalGradient(prox, rtol=TARGET, max_steps=steps), implax_run
         )
+    )
     return Problem(
         "b",
         f"(b) lasso n={len(train[1])} p={p} λ={lam:g}",
@@ -466,17 +466,13 @@ def svm_problem(n_train: int = SVM_N, lam: float = SVM_LAMBDA) -> Problem:
         ),
     ]
     ref_x, ref_grad = svm_reference(f, projection, lam, train, val, n, k)
-    for steps in UNROLLED_STEPS:
-        solver = implax.MirrorDescent(rtol=SVM_MD_FACTOR * SVM_TARGET, max_steps=steps)
-        methods.append(
-            Method(
-                f"unrolled MirrorDescent ×{steps}",
-                implax_run(solver, implax.Unrolled()),
-                "implax Unrolled()",
-                forward=False,
-                quick=False,
-            )
+    methods.extend(
+        unrolled_methods(
+            "MirrorDescent",
+            lambda steps: implax.MirrorDescent(rtol=SVM_MD_FACTOR * SVM_TARGET, max_steps=steps),
+            implax_run,
         )
+    )
     return Problem(
         "c",
         f"(c) SVM dual n={n} k={k} p={train[0].shape[1]} λ={lam:g}",

@@ -329,15 +329,20 @@ def _max_step(v, dv):
     return jnp.minimum(1.0, jnp.min(ratios))
 
 
-def _scaled_residuals(point, slack, Q, c, A, b, G, h, relaxation):
-    """Feasibility (stationarity, equalities, slacks) and complementarity, each scaled by the data's size."""
+def _residual_vectors(point, slack, Qs, c, A, b, G, h):
+    """Stationarity, equality and slack residuals of the slack form, with ``Qs`` the symmetric part of Q."""
     x, y, z = point.primal, point.equality_dual, point.inequality_dual
+    return Qs @ x + c + A.T @ y + G.T @ z, A @ x - b, G @ x + slack - h
+
+
+def _scaled_residuals(point, slack, Qs, c, A, b, G, h, relaxation):
+    """Feasibility (stationarity, equalities, slacks) and complementarity, each scaled by the data's size."""
+    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, G, h)
     scale_d = 1 + _inf_norm(c)
     scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(h))
-    r_d = 0.5 * (Q + Q.T) @ x + c + A.T @ y + G.T @ z
-    r_p = jnp.maximum(_inf_norm(A @ x - b), _inf_norm(G @ x + slack - h))
-    feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, r_p / scale_p)
-    return feasibility, _inf_norm(slack * z - relaxation) / jnp.maximum(scale_d, scale_p)
+    feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p)
+    complementarity = _inf_norm(slack * point.inequality_dual - relaxation) / jnp.maximum(scale_d, scale_p)
+    return feasibility, complementarity
 
 
 def _polish(point, stats, solve, active, Q, c, A, b, G, h):
@@ -360,7 +365,7 @@ def _polish(point, stats, solve, active, Q, c, A, b, G, h):
     polished = KKTPoint(x, polished.equality_dual, z)
     slack = (h - G @ x) * (1 - active)
     # Complementarity is exact by construction; active rows enter feasibility as G_i x - h_i.
-    residual, _ = _scaled_residuals(polished, slack, Q, c, A, b, G, h, 0.0)
+    residual, _ = _scaled_residuals(polished, slack, 0.5 * (Q + Q.T), c, A, b, G, h, 0.0)
     accept = (
         (stats.status == QPStatus.SOLVED)
         & (residual <= stats.residual)
@@ -386,11 +391,11 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
     target_scale = float(np.sqrt(tol))
 
     def residuals(x, s, y, z):
-        return Qs @ x + c + A.T @ y + G.T @ z, A @ x - b, G @ x + s - h
+        return _residual_vectors(KKTPoint(x, y, z), s, Qs, c, A, b, G, h)
 
     def measure(x, s, y, z):
         """The scaled KKT residual with complementarity over tol^1.5 (the target) and over tol (``stats``)."""
-        feasibility, complementarity = _scaled_residuals(KKTPoint(x, y, z), s, Q, c, A, b, G, h, relaxation)
+        feasibility, complementarity = _scaled_residuals(KKTPoint(x, y, z), s, Qs, c, A, b, G, h, relaxation)
         # Batched reductions on CPU may drop NaNs: a non-finite point is given an infinite residual explicitly.
         finite = _all_finite(x, s, y, z)
         target = jnp.maximum(feasibility, complementarity / target_scale)

@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose
 
 import implax
 from implax import linear
+from implax.failures import report_failure
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -197,3 +198,22 @@ def test_gmres_restarts_under_vmap():
     x = jax.jit(jax.vmap(lambda a, b: solver(lambda v: a @ v, b)))(matrices, rhs)
 
     assert_allclose(x, np.linalg.solve(matrices, rhs[..., None])[..., 0], rtol=1e-8, atol=1e-10)
+
+
+def test_residual_check_adds_no_side_effect():
+    """The failure report is part of the solution's computation, so the program keeps jit's fast dispatch path."""
+    solver = implax.custom_root(ridge_optimality, solve=linear.CG(on_failure="warn"))(ridge_solve)
+
+    jaxpr = jax.make_jaxpr(jax.grad(lambda lam, y: solver(jnp.zeros(N), lam, y).sum()))(LAM, Y)
+
+    assert not jaxpr.effects
+
+
+def test_failure_reported_when_only_a_derivative_uses_the_value():
+    """``x ↦ sum(x)`` has a gradient that does not need ``x``, and still carries the report of ``x``."""
+
+    def loss(x):
+        return report_failure(x.sum() < 0, x, "the test's solve", "warn").sum()
+
+    with pytest.warns(implax.SolveFailureWarning, match="the test's solve failed"):
+        jax.block_until_ready(jax.jit(jax.grad(loss))(jnp.ones(3)))

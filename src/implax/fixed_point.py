@@ -19,7 +19,7 @@ from implax.failures import FailurePolicy
 from implax.iterate import FixedPointProblem, IterativeSolver
 from implax.policies import solve_problem
 from implax.solution import Solution
-from implax.tree import tree_add, tree_scale
+from implax.tree import tree_add, tree_scale, tree_sub
 
 __all__ = ["Anderson", "FixedPointIteration", "fixed_point"]
 
@@ -61,15 +61,17 @@ class _FixedPointSolver(IterativeSolver):
             )
 
 
-class _ResidualState(NamedTuple):
+class _IterationState(NamedTuple):
     residual: Any
+    image: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class FixedPointIteration(_FixedPointSolver):
     r"""Damped fixed-point iteration :math:`x \leftarrow (1 - \beta)\, x + \beta\, T(x)`.
 
-    Converges linearly when the damped map is a contraction.
+    Converges linearly when the damped map is a contraction. The state keeps the image :math:`T(x)`, so that
+    undamped steps take it as the next iterate: the residual :math:`T(x) - x` is then needed only for its norm.
 
     Attributes:
       damping: :math:`\beta \in (0, 1]`.
@@ -83,11 +85,15 @@ class FixedPointIteration(_FixedPointSolver):
             raise ValueError(f"damping must be in (0, 1], got {self.damping}")
 
     def init(self, problem, x, params):
-        return x, _ResidualState(problem.residual(x, params))
+        return x, self._state(problem, x, params)
 
     def step(self, problem, x, params, state):
-        x = tree_add(x, tree_scale(self.damping, state.residual))
-        return x, _ResidualState(problem.residual(x, params))
+        x = state.image if self.damping == 1 else tree_add(x, tree_scale(self.damping, state.residual))
+        return x, self._state(problem, x, params)
+
+    def _state(self, problem, x, params):
+        image = problem.fn(x, params)
+        return _IterationState(tree_sub(image, x), image)
 
 
 class _AndersonState(NamedTuple):

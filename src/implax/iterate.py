@@ -93,9 +93,9 @@ class IterativeSolver:
         """Raises ``TypeError`` if this solver cannot solve ``problem``'s kind."""
 
     def final_residual(self, problem, x, params, state) -> Any:
-        """The residual at the returned ``x``; solvers whose state holds it elsewhere (at an extrapolated point)
-        recompute it here, once per solve."""
-        return state.residual
+        """The residual at the returned ``x``, or ``None`` when it is ``state.residual`` (the default); solvers
+        whose state holds it elsewhere (at an extrapolated point) recompute it here, once per solve."""
+        return None
 
     def tolerances(self, x):
         leaves = jax.tree.leaves(x)
@@ -151,7 +151,8 @@ def _running(solver, problem, carry, initial_residual):
 
 
 def _finish(solver, problem, params, carry, initial_residual):
-    x, residual = carry.x, tree_norm(solver.final_residual(problem, carry.x, params, carry.state))
+    final = solver.final_residual(problem, carry.x, params, carry.state)
+    x, residual = carry.x, carry.residual if final is None else tree_norm(final)
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
     # A residual that overflowed is not small, even when the scale ‖x‖ overflowed with it (inf <= inf).

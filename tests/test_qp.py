@@ -33,17 +33,21 @@ def random_qp(rng, n, p, m, lp=False):
     return {k: v for k, v in problem.items() if v.shape[0] > 0 or k in ("Q", "c")}
 
 
-def cvxpy_solution(Q, c, A=None, b=None, G=None, h=None):
+def cvxpy_solution(Q, c, A=None, b=None, G=None, h=None, upper=None, lower=None):
+    """Primal and duals (equalities, rows of G, upper bounds, lower bounds) by Clarabel at tolerance 1e-12."""
     x = cp.Variable(c.shape[0])
-    equality = [A @ x == b] if A is not None else []
-    inequality = [G @ x <= h] if G is not None else []
+    constraints = {
+        "y": A @ x == b if A is not None else None,
+        "z": G @ x <= h if G is not None else None,
+        "upper": x <= upper if upper is not None else None,
+        "lower": lower <= x if lower is not None else None,
+    }
     objective = cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + c @ x)
-    cp.Problem(objective, equality + inequality).solve(
+    cp.Problem(objective, [v for v in constraints.values() if v is not None]).solve(
         solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
     )
-    y = equality[0].dual_value if equality else np.zeros(0)
-    z = inequality[0].dual_value if inequality else np.zeros(0)
-    return x.value, y, z
+    duals = [np.zeros(0) if v is None else v.dual_value for v in constraints.values()]
+    return (x.value, *duals) if upper is not None or lower is not None else (x.value, *duals[:2])
 
 
 CASES = {
@@ -172,6 +176,76 @@ def test_nan_data_is_flagged_and_leaves_the_batch_alone():
     np.testing.assert_allclose(sols.primal[0], [-0.5, 0.25], atol=1e-7)
 
 
+BOX_CASES = {
+    "box": dict(upper=True, lower=True),
+    "nonnegativity": dict(lower=True),
+    "box, equalities and inequalities": dict(upper=True, lower=True, p=2, m=4),
+    "box linear program": dict(upper=True, lower=True, lp=True),
+}
+
+
+def random_box_qp(rng, n=8, p=0, m=0, upper=False, lower=False, lp=False):
+    """A problem whose bounds cut off its unconstrained minimizer (several bounds active)."""
+    problem = random_qp(rng, n, p, m)
+    if lp:
+        problem["Q"] = np.zeros((n, n))
+    problem["c"] = 3 * problem["c"]
+    x0 = np.linalg.lstsq(problem["A"], problem["b"])[0] if p else np.zeros(n)
+    if upper:
+        problem["upper"] = x0 + rng.uniform(0.1, 1.0, n)
+    if lower:
+        problem["lower"] = x0 - rng.uniform(0.1, 1.0, n)
+    return problem
+
+
+@pytest.mark.parametrize("case", BOX_CASES, ids=list(BOX_CASES))
+def test_box_constraints_match_cvxpy(case, rng):
+    problem = random_box_qp(rng, **BOX_CASES[case])
+    sol = jax.jit(implax.qp)(**problem)
+    x, y, z, upper_dual, lower_dual = cvxpy_solution(**problem)
+    assert int(sol.stats.status) == QPStatus.SOLVED
+    assert np.sum(np.concatenate([upper_dual, lower_dual]) > 1e-6) >= 2, "the test needs active bounds"
+    for name, expected in dict(primal=x, equality_dual=y, inequality_dual=z).items():
+        np.testing.assert_allclose(getattr(sol, name), expected, atol=1e-7, err_msg=name)
+    for name, expected in dict(upper_dual=upper_dual, lower_dual=lower_dual).items():
+        assert getattr(sol, name).shape == expected.shape, name
+        np.testing.assert_allclose(getattr(sol, name), expected, atol=1e-7, err_msg=name)
+
+
+def test_box_gradients_match_finite_differences(rng):
+    problem = random_box_qp(rng, n=6, m=3, upper=True, lower=True)
+    weights = rng.normal(size=6)
+
+    def loss_of(data, tol=None):
+        sol = implax.qp(**data, tol=tol)
+        return jnp.vdot(weights, sol.primal) + jnp.sum(sol.upper_dual**2) + jnp.sum(sol.lower_dual**2)
+
+    tight_loss = jax.jit(functools.partial(loss_of, tol=1e-12))
+    grads = jax.jit(jax.grad(loss_of))(problem)
+    for name in ("Q", "c", "h", "upper", "lower"):
+        direction = rng.normal(size=problem[name].shape)
+        direction = direction + direction.T if name == "Q" else direction
+        expected = directional_difference(lambda **data: tight_loss(data), problem, name, direction)
+        np.testing.assert_allclose(np.vdot(grads[name], direction), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_box_float32_under_vmap_matches_cvxpy(rng):
+    problems = [random_box_qp(rng, upper=True, lower=True) for _ in range(3)]
+    batch = {k: np.stack([p[k] for p in problems]).astype(np.float32) for k in problems[0]}
+    sols = jax.vmap(implax.qp)(**batch)
+    assert sols.primal.dtype == jnp.float32
+    np.testing.assert_array_equal(sols.stats.status, QPStatus.SOLVED)
+    for sol_x, problem in zip(sols.primal, problems):
+        np.testing.assert_allclose(sol_x, cvxpy_solution(**problem)[0], atol=2e-3)
+
+
+def test_empty_box_is_an_error_or_primal_infeasible():
+    with pytest.raises(ValueError, match="lower > upper at indices \\[1\\]"):
+        implax.qp(np.eye(2), np.ones(2), upper=np.array([1.0, 0.0]), lower=np.array([0.0, 1.0]))
+    status = jax.jit(lambda upper, lower: implax.qp(np.eye(2), np.ones(2), upper=upper, lower=lower).stats.status)
+    assert int(status(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]))) == QPStatus.PRIMAL_INFEASIBLE
+
+
 def test_primal_infeasible_status():
     G = np.vstack([np.eye(3), -np.eye(3)])
     h = np.array([1.0, 1.0, 1.0, -2.0, 0.0, 0.0])
@@ -265,6 +339,8 @@ BAD_INPUTS = {
     "b of wrong length": (dict(Q=np.eye(2), c=np.ones(2), A=np.ones((1, 2)), b=np.ones(2)), "b must have shape"),
     "G without h": (dict(Q=np.eye(2), c=np.ones(2), G=np.ones((1, 2))), "given together"),
     "h of wrong length": (dict(Q=np.eye(2), c=np.ones(2), G=np.ones((3, 2)), h=np.ones(2)), "h must have shape"),
+    "upper of wrong length": (dict(Q=np.eye(2), c=np.ones(2), upper=np.ones(3)), "upper must be a scalar or have"),
+    "infinite lower bound": (dict(Q=np.eye(2), c=np.ones(2), lower=np.array([0.0, -np.inf])), "lower must be finite"),
 }
 
 

@@ -2,9 +2,10 @@ r"""Quadratic programs: a primal-dual interior-point method, differentiable thro
 
 .. math::
 
-    \min_x \tfrac12 x^\top Q x + c^\top x \quad \text{s.t.} \quad A x = b,\; G x \le h
+    \min_x \tfrac12 x^\top Q x + c^\top x \quad \text{s.t.} \quad A x = b,\; G x \le h,\; l \le x \le u
 
-with :math:`Q \succeq 0` (:math:`Q = 0` is a linear program). A point :math:`(x, y, z)` is optimal when the KKT
+with :math:`Q \succeq 0` (:math:`Q = 0` is a linear program). Below, :math:`G x \le h` stands for all the
+inequalities, the bounds included (:class:`Inequalities`). A point :math:`(x, y, z)` is optimal when the KKT
 conditions hold,
 
 .. math::
@@ -13,7 +14,7 @@ conditions hold,
     G x \le h,\; z \ge 0,
 
 with :math:`\tau = 0`; a positive ``relaxation`` :math:`\tau` gives the point of the central path instead.
-Derivatives with respect to every one of :math:`Q, c, A, b, G, h` come from the implicit function theorem applied
+Derivatives with respect to every one of :math:`Q, c, A, b, G, h, u, l` come from the implicit function theorem applied
 to these conditions (:func:`implax.custom_root`), in forward and reverse mode.
 """
 
@@ -52,11 +53,97 @@ class QPStatus(enum.IntEnum):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KKTPoint:
-    """Primal :math:`x`, equality duals :math:`y` (one per row of ``A``), inequality duals :math:`z \\ge 0`."""
+    """A primal-dual solution.
+
+    Attributes:
+      primal: :math:`x`.
+      equality_dual: :math:`y`, one per row of ``A`` (shape ``(0,)`` without equalities).
+      inequality_dual: :math:`z \\ge 0`, one per row of ``G`` (shape ``(0,)`` without ``G``).
+      upper_dual, lower_dual: the duals :math:`\\ge 0` of :math:`x \\le u` and :math:`l \\le x`, one per
+        variable (shape ``(0,)`` when that bound is not given).
+    """
 
     primal: jax.Array
     equality_dual: jax.Array
     inequality_dual: jax.Array
+    upper_dual: jax.Array
+    lower_dual: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Point:
+    """The iterate: primal :math:`x`, equality duals :math:`y`, duals :math:`z` of all the rows of :math:`Cx \\le d`."""
+
+    primal: jax.Array
+    equality_dual: jax.Array
+    inequality_dual: jax.Array
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["G"], meta_fields=["upper", "lower"])
+@dataclasses.dataclass(frozen=True)
+class Inequalities:
+    r"""The inequality rows :math:`C x \le d` with :math:`C = [G;\ I;\ -I]` and :math:`d = [h;\ u;\ -l]`.
+
+    The box rows (present when ``upper`` / ``lower`` bounds are given) are never stored: their products are
+    copies of :math:`x` or :math:`z`, and their part of :math:`C^\top W C` is diagonal, so a box costs
+    :math:`O(n)` per product instead of the :math:`O(n^2)` of the same rows written into ``G``, and
+    :math:`O(n)` instead of :math:`O(n^3)` in the reduced matrix.
+    """
+
+    G: jax.Array
+    upper: bool
+    lower: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        m, n = self.G.shape
+        return m + n * (self.upper + self.lower), n
+
+    def __matmul__(self, x):
+        parts = [self.G @ x] + [x] * self.upper + [-x] * self.lower
+        return jnp.concatenate(parts)
+
+    @property
+    def T(self):
+        return _Transposed(self)
+
+    def blocks(self, z):
+        """``z`` split into its parts for the rows of G, the upper bounds and the lower bounds."""
+        m, n = self.G.shape
+        upper_end = m + n * self.upper
+        return z[:m], z[m:upper_end], z[upper_end:]
+
+    def gram(self, weight):
+        r""":math:`C^\top \mathrm{diag}(w) C`."""
+        w_G, w_upper, w_lower = self.blocks(weight)
+        n = self.G.shape[1]
+        diagonal = jnp.zeros(n, weight.dtype)
+        if self.upper:
+            diagonal = diagonal + w_upper
+        if self.lower:
+            diagonal = diagonal + w_lower
+        return self.G.T @ (w_G[:, None] * self.G) + jnp.diag(diagonal)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Transposed:
+    rows: Inequalities
+
+    def __matmul__(self, z):
+        z_G, z_upper, z_lower = self.rows.blocks(z)
+        out = self.rows.G.T @ z_G
+        if self.rows.upper:
+            out = out + z_upper
+        if self.rows.lower:
+            out = out - z_lower
+        return out
+
+
+def _inequality_rows(G, h, upper, lower):
+    """:math:`C` and :math:`d` from ``G, h`` and the bounds (each of shape ``(n,)``, or ``(0,)`` when absent)."""
+    C = Inequalities(G, upper=upper.shape[0] > 0, lower=lower.shape[0] > 0)
+    return C, jnp.concatenate([h, upper, -lower])
 
 
 @jax.tree_util.register_dataclass
@@ -83,7 +170,7 @@ class QPStats:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class QPSolution(Solution):
-    """``value`` is a :class:`KKTPoint`; ``primal``, ``equality_dual`` and ``inequality_dual`` read from it."""
+    """``value`` is a :class:`KKTPoint`; ``primal`` and the duals read from it."""
 
     @property
     def primal(self) -> jax.Array:
@@ -96,6 +183,14 @@ class QPSolution(Solution):
     @property
     def inequality_dual(self) -> jax.Array:
         return self.value.inequality_dual
+
+    @property
+    def upper_dual(self) -> jax.Array:
+        return self.value.upper_dual
+
+    @property
+    def lower_dual(self) -> jax.Array:
+        return self.value.lower_dual
 
     @property
     def status(self) -> jax.Array:
@@ -112,10 +207,12 @@ def qp(
     *,
     tol: float | None = None,
     max_steps: int = 50,
+    upper=None,
+    lower=None,
     relaxation: float = 0.0,
     on_failure: FailurePolicy = "warn",
 ) -> QPSolution:
-    r"""Solves :math:`\min_x \frac12 x^\top Q x + c^\top x` s.t. :math:`Ax = b,\ Gx \le h`, differentiably.
+    r"""Solves :math:`\min_x \frac12 x^\top Q x + c^\top x` s.t. :math:`Ax = b,\ Gx \le h,\ l \le x \le u`.
 
     The solver is Mehrotra's predictor-corrector interior-point method on the slack form
     :math:`Gx + s = h,\ s \ge 0`, each step one LU factorization of the (regularized) reduced KKT matrix
@@ -137,7 +234,8 @@ def qp(
     :math:`O(s_i/z_i)`). Either form has a symmetric Jacobian, so the backward solve is the reduced KKT matrix
     factored once at the returned point (:class:`FactoredKKTSolve`), refined against the exact Jacobian: one LU
     of size :math:`n + p` for any number of backward solves. All of ``Q, c, A, b, G, h`` are differentiable;
-    ``Q`` enters as :math:`\frac12(Q + Q^\top)`, so its derivative is symmetric.
+    ``Q`` enters as :math:`\frac12(Q + Q^\top)`, so its derivative is symmetric; ``upper`` and ``lower`` are
+    differentiable too.
 
     At a degenerate solution (an active constraint with a zero dual, which is typical of linear programs) the
     exact derivative is discontinuous and, for a linear program, zero almost everywhere. ``relaxation`` =
@@ -150,6 +248,10 @@ def qp(
       c: ``(n,)``.
       A, b: ``(p, n)`` and ``(p,)`` equality constraints, or ``None``.
       G, h: ``(m, n)`` and ``(m,)`` inequality constraints, or ``None``.
+      upper, lower: bounds :math:`l \le x \le u`, each a scalar or an ``(n,)`` array of finite values, or
+        ``None`` (no bound on that side). They are rows of the inequalities that are never formed: a box costs
+        :math:`O(n)` per iteration besides the factorization, and a problem with bounds only (no ``A``, no
+        ``G``) is factored by Cholesky instead of LU. Their duals are ``sol.upper_dual`` and ``sol.lower_dual``.
       tol: tolerance on the scaled KKT residuals; ``None`` means 1e-9 in float64 and 1e-4 in float32.
       max_steps: interior-point iteration limit.
       relaxation: :math:`\tau \ge 0`, the complementarity target (0: the optimum).
@@ -163,19 +265,23 @@ def qp(
       this never raises.
 
     Raises:
-      ValueError: at trace time, for a ``Q`` that is not square, mismatched shapes among ``Q, c, A, b, G, h``, a
-        constraint matrix given without its right-hand side, or a negative ``relaxation``; and for a ``Q`` that
-        is not symmetric when its value is known (outside ``jit``/``vmap``).
+      ValueError: at trace time, for a ``Q`` that is not square, mismatched shapes among ``Q, c, A, b, G, h``,
+        ``upper``, ``lower``, a constraint matrix given without its right-hand side, or a negative
+        ``relaxation``; and, when their values are known (outside ``jit``/``vmap``), for a ``Q`` that is not
+        symmetric, a non-finite bound, or ``lower > upper`` (inside ``jit`` an empty box is reported as
+        ``PRIMAL_INFEASIBLE``).
     """
     check_policy(on_failure)
     if not relaxation >= 0:
         raise ValueError(f"relaxation must be nonnegative, got {relaxation}")
-    data = _standard_form(Q, c, A, b, G, h)
+    data = _standard_form(Q, c, A, b, G, h, upper, lower)
     dtype = data[0].dtype
     if tol is None:
         tol = 1e-9 if dtype == jnp.float64 else 1e-4
-    const = [jax.lax.stop_gradient(d) for d in data]
-    if data[4].shape[0] == 0:
+    Q0, c0, A0, b0, G0, h0, upper0, lower0 = [jax.lax.stop_gradient(v) for v in data]
+    C, d = _inequality_rows(G0, h0, upper0, lower0)
+    const = (Q0, c0, A0, b0, C, d)
+    if C.shape[0] == 0:
         point, slack, stats = _equality_qp(*const, tol)
     else:
         point, slack, stats = _interior_point(*const, tol, max_steps, relaxation)
@@ -189,50 +295,80 @@ def qp(
         # Optimum: the active set read from the returned point; active rows become equalities.
         active = (z > slack).astype(dtype)
         weight = active / delta
-    reduced = _reduced_matrix(const[0], const[2], const[4], weight, delta)
-    solve = FactoredKKTSolve(jsl.lu_factor(reduced), const[4], weight, active, on_failure)
-    if relaxation == 0 and data[4].shape[0] > 0:
+    reduced = _reduced_matrix(Q0, A0, C, weight, delta)
+    solve = FactoredKKTSolve(_factor(reduced, A0, C), C, weight, active, on_failure)
+    if relaxation == 0 and C.shape[0] > 0:
         point, stats = _polish(point, stats, solve, active, *const)
 
-    def kkt(point, Q, c, A, b, G, h):
+    def kkt(point, Q, c, A, b, G, h, upper, lower):
+        C, d = _inequality_rows(G, h, upper, lower)
         if relaxation > 0:
-            return _central_path_residual(point, Q, c, A, b, G, h, relaxation)
-        return _active_set_residual(point, Q, c, A, b, G, h, active)
+            return _central_path_residual(point, Q, c, A, b, C, d, relaxation)
+        return _active_set_residual(point, Q, c, A, b, C, d, active)
 
     @custom_root(kkt, solve=solve)
     def returned(init, *data):
         return init
 
-    return QPSolution(value=returned(point, *data), stats=stats)
+    x, y, z = jax.tree.leaves(returned(point, *data))
+    z_G, z_upper, z_lower = C.blocks(z)
+    return QPSolution(value=KKTPoint(x, y, z_G, z_upper, z_lower), stats=stats)
 
 
-def _central_path_residual(point, Q, c, A, b, G, h, relaxation):
+def _central_path_residual(point, Q, c, A, b, C, d, relaxation):
     x, y, z = point.primal, point.equality_dual, point.inequality_dual
     # Dividing the complementarity rows by the duals, held constant, leaves the roots and the implicit
     # derivatives unchanged and makes the Jacobian symmetric.
     scale = jax.lax.stop_gradient(jnp.maximum(z, jnp.finfo(z.dtype).tiny))
-    return KKTPoint(
-        primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + G.T @ z,
+    return _Point(
+        primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + C.T @ z,
         equality_dual=A @ x - b,
-        inequality_dual=(z * (G @ x - h) + relaxation) / scale,
+        inequality_dual=(z * (C @ x - d) + relaxation) / scale,
     )
 
 
-def _active_set_residual(point, Q, c, A, b, G, h, active):
+def _active_set_residual(point, Q, c, A, b, C, d, active):
     x, y, z = point.primal, point.equality_dual, point.inequality_dual
     # Active rows (mask 1) hold with equality, inactive ones have a zero dual: the limit of the central-path
     # conditions as z ⊙ s -> 0 under strict complementarity, with a symmetric Jacobian.
-    return KKTPoint(
-        primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + G.T @ (active * z),
+    return _Point(
+        primal=0.5 * (Q + Q.T) @ x + c + A.T @ y + C.T @ (active * z),
         equality_dual=A @ x - b,
-        inequality_dual=active * (G @ x - h) - (1 - active) * z,
+        inequality_dual=active * (C @ x - d) - (1 - active) * z,
     )
 
 
-def _reduced_matrix(Q, A, G, weight, delta):
+def _reduced_matrix(Q, A, C, weight, delta):
     n, p = Q.shape[0], A.shape[0]
-    H = 0.5 * (Q + Q.T) + G.T @ (weight[:, None] * G) + delta * jnp.eye(n, dtype=Q.dtype)
+    H = 0.5 * (Q + Q.T) + C.gram(weight) + delta * jnp.eye(n, dtype=Q.dtype)
     return jnp.block([[H, A.T], [A, -delta * jnp.eye(p, dtype=Q.dtype)]])
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["arrays"], meta_fields=["cholesky"])
+@dataclasses.dataclass(frozen=True)
+class Factorization:
+    """A factored reduced matrix: Cholesky or LU (with partial pivoting) factors, and solves with them."""
+
+    arrays: tuple
+    cholesky: bool
+
+    def solve(self, b):
+        if self.cholesky:
+            return jsl.cho_solve((self.arrays[0], True), b)
+        return jsl.lu_solve(self.arrays, b)
+
+
+def _factor(K, A, C):
+    r"""Cholesky for a box-constrained problem, LU otherwise.
+
+    With equalities the reduced matrix is indefinite. Without them it is positive definite, but dense rows of
+    :math:`G` put weights :math:`z_i/s_i` up to :math:`1/\epsilon` inside :math:`G^\top W G`, where Cholesky breaks
+    down; box rows only add them to the diagonal, which Cholesky handles (it is invariant under diagonal scaling),
+    at half the cost of LU.
+    """
+    if A.shape[0] == 0 and C.G.shape[0] == 0:
+        return Factorization((jnp.linalg.cholesky(K),), cholesky=True)
+    return Factorization(jsl.lu_factor(K), cholesky=False)
 
 
 def _regularization(dtype):
@@ -241,36 +377,36 @@ def _regularization(dtype):
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["lu", "G", "weight", "active"],
+    data_fields=["factor", "C", "weight", "active"],
     meta_fields=["on_failure", "refinements"],
 )
 @dataclasses.dataclass(frozen=True)
 class FactoredKKTSolve:
     r"""Solves with the symmetric KKT Jacobian from one LU of the reduced matrix (see :func:`qp`).
 
-    The Jacobian is :math:`\begin{bmatrix} Q & A^\top & G^\top D \\ A & 0 & 0 \\ D G & 0 & -E \end{bmatrix}`:
+    The Jacobian is :math:`\begin{bmatrix} Q & A^\top & C^\top D \\ A & 0 & 0 \\ D C & 0 & -E \end{bmatrix}`:
     on the central path :math:`D = I` and :math:`E = W^{-1} = \mathrm{diag}(s/z)`; at the optimum :math:`D` is
     the active set's mask and :math:`E = I - D`. Eliminating the inequality block, regularized for the active
-    rows, :math:`dz = W (G\,dx - r_z)` on the rows of ``active`` (:math:`W = D/\delta` at the optimum) and
-    :math:`dz = -r_z` on the others; the reduced system is solved with the factorization ``lu`` and the answer
+    rows, :math:`dz = W (C\,dx - r_z)` on the rows of ``active`` (:math:`W = D/\delta` at the optimum) and
+    :math:`dz = -r_z` on the others; the reduced system is solved with its factorization ``factor`` and the answer
     refined against the exact ``matvec``. The residual is checked and ``on_failure`` applied by
     :class:`implax.linear.Custom`.
     """
 
-    lu: tuple
-    G: jax.Array
+    factor: Factorization
+    C: Inequalities
     weight: jax.Array
     active: jax.Array
     on_failure: str = "warn"
     refinements: int = 3
 
     def reduced_solve(self, r):
-        n = self.G.shape[1]
-        top = r.primal + self.G.T @ (self.weight * r.inequality_dual)
-        u = jsl.lu_solve(self.lu, jnp.concatenate([top, r.equality_dual]))
+        n = self.C.shape[1]
+        top = r.primal + self.C.T @ (self.weight * r.inequality_dual)
+        u = self.factor.solve(jnp.concatenate([top, r.equality_dual]))
         dx = u[:n]
-        dz = jnp.where(self.active > 0, self.weight * (self.G @ dx - r.inequality_dual), -r.inequality_dual)
-        return KKTPoint(dx, u[n:], dz)
+        dz = jnp.where(self.active > 0, self.weight * (self.C @ dx - r.inequality_dual), -r.inequality_dual)
+        return _Point(dx, u[n:], dz)
 
     def refined_solve(self, matvec, rhs):
         u = self.reduced_solve(rhs)
@@ -287,9 +423,9 @@ def _inf_norm(v):
     return jnp.max(jnp.abs(v), initial=0.0)
 
 
-def _equality_qp(Q, c, A, b, G, h, tol):
+def _equality_qp(Q, c, A, b, C, d, tol):
     n = Q.shape[0]
-    K = _reduced_matrix(Q, A, G, jnp.zeros((0,), Q.dtype), 0.0)
+    K = _reduced_matrix(Q, A, C, jnp.zeros((0,), Q.dtype), 0.0)
     u = jnp.linalg.solve(K, jnp.concatenate([-c, b]))
     x, y = u[:n], u[n:]
     residual = jnp.maximum(
@@ -303,16 +439,16 @@ def _equality_qp(Q, c, A, b, G, h, tol):
         solved, QPStatus.SOLVED, jnp.where(consistent, QPStatus.DUAL_INFEASIBLE, QPStatus.PRIMAL_INFEASIBLE)
     )
     stats = QPStats(jnp.asarray(0), residual, solved, nonfinite, status.astype(jnp.int32))
-    return KKTPoint(x, y, jnp.zeros((0,), Q.dtype)), jnp.zeros((0,), Q.dtype), stats
+    return _Point(x, y, jnp.zeros((0,), Q.dtype)), jnp.zeros((0,), Q.dtype), stats
 
 
-def _initial_point(Q, c, A, b, G, h):
+def _initial_point(Q, c, A, b, C, d):
     """Mehrotra-style start: the minimizer of the problem with a unit barrier weight, shifted into the interior."""
-    n, m = Q.shape[0], G.shape[0]
-    K = _reduced_matrix(Q, A, G, jnp.ones(m, Q.dtype), _regularization(Q.dtype))
-    u = jnp.linalg.solve(K, jnp.concatenate([-c + G.T @ h, b]))
+    n, m = Q.shape[0], C.shape[0]
+    K = _reduced_matrix(Q, A, C, jnp.ones(m, Q.dtype), _regularization(Q.dtype))
+    u = jnp.linalg.solve(K, jnp.concatenate([-c + C.T @ d, b]))
     x, y = u[:n], u[n:]
-    r = G @ x - h
+    r = C @ x - d
 
     def shift(v):
         return v + jnp.maximum(0.0, 1.0 - jnp.min(v))
@@ -329,23 +465,23 @@ def _max_step(v, dv):
     return jnp.minimum(1.0, jnp.min(ratios))
 
 
-def _residual_vectors(point, slack, Qs, c, A, b, G, h):
+def _residual_vectors(point, slack, Qs, c, A, b, C, d):
     """Stationarity, equality and slack residuals of the slack form, with ``Qs`` the symmetric part of Q."""
     x, y, z = point.primal, point.equality_dual, point.inequality_dual
-    return Qs @ x + c + A.T @ y + G.T @ z, A @ x - b, G @ x + slack - h
+    return Qs @ x + c + A.T @ y + C.T @ z, A @ x - b, C @ x + slack - d
 
 
-def _scaled_residuals(point, slack, Qs, c, A, b, G, h, relaxation):
+def _scaled_residuals(point, slack, Qs, c, A, b, C, d, relaxation):
     """Feasibility (stationarity, equalities, slacks) and complementarity, each scaled by the data's size."""
-    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, G, h)
+    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, C, d)
     scale_d = 1 + _inf_norm(c)
-    scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(h))
+    scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(d))
     feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p)
     complementarity = _inf_norm(slack * point.inequality_dual - relaxation) / jnp.maximum(scale_d, scale_p)
     return feasibility, complementarity
 
 
-def _polish(point, stats, solve, active, Q, c, A, b, G, h):
+def _polish(point, stats, solve, active, Q, c, A, b, C, d):
     r"""One Newton step on the active-set conditions, kept if it lands on an exact KKT point with a smaller residual.
 
     The step uses the backward pass's factorization. A polished point is primal feasible, its duals are
@@ -354,7 +490,7 @@ def _polish(point, stats, solve, active, Q, c, A, b, G, h):
     """
 
     def conditions(p):
-        return _active_set_residual(p, Q, c, A, b, G, h, active)
+        return _active_set_residual(p, Q, c, A, b, C, d, active)
 
     def matvec(t):
         return jax.jvp(conditions, (point,), (t,))[1]
@@ -362,10 +498,10 @@ def _polish(point, stats, solve, active, Q, c, A, b, G, h):
     step = solve.refined_solve(matvec, conditions(point))
     polished = jax.tree.map(jnp.subtract, point, step)
     x, z = polished.primal, polished.inequality_dual * active
-    polished = KKTPoint(x, polished.equality_dual, z)
-    slack = (h - G @ x) * (1 - active)
+    polished = _Point(x, polished.equality_dual, z)
+    slack = (d - C @ x) * (1 - active)
     # Complementarity is exact by construction; active rows enter feasibility as G_i x - h_i.
-    residual, _ = _scaled_residuals(polished, slack, 0.5 * (Q + Q.T), c, A, b, G, h, 0.0)
+    residual, _ = _scaled_residuals(polished, slack, 0.5 * (Q + Q.T), c, A, b, C, d, 0.0)
     accept = (
         (stats.status == QPStatus.SOLVED)
         & (residual <= stats.residual)
@@ -377,8 +513,8 @@ def _polish(point, stats, solve, active, Q, c, A, b, G, h):
     return point, dataclasses.replace(stats, residual=jnp.where(accept, residual, stats.residual))
 
 
-def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
-    n, m = Q.shape[0], G.shape[0]
+def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
+    n, m = Q.shape[0], C.shape[0]
     dtype = Q.dtype
     Qs = 0.5 * (Q + Q.T)
     delta = _regularization(dtype)
@@ -391,11 +527,11 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
     target_scale = float(np.sqrt(tol))
 
     def residuals(x, s, y, z):
-        return _residual_vectors(KKTPoint(x, y, z), s, Qs, c, A, b, G, h)
+        return _residual_vectors(_Point(x, y, z), s, Qs, c, A, b, C, d)
 
     def measure(x, s, y, z):
         """The scaled KKT residual with complementarity over tol^1.5 (the target) and over tol (``stats``)."""
-        feasibility, complementarity = _scaled_residuals(KKTPoint(x, y, z), s, Qs, c, A, b, G, h, relaxation)
+        feasibility, complementarity = _scaled_residuals(_Point(x, y, z), s, Qs, c, A, b, C, d, relaxation)
         # Batched reductions on CPU may drop NaNs: a non-finite point is given an infinite residual explicitly.
         finite = _all_finite(x, s, y, z)
         target = jnp.maximum(feasibility, complementarity / target_scale)
@@ -423,23 +559,24 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         x, s, y, z = point
         r_d, r_p, r_g = residuals(x, s, y, z)
         weight = jnp.minimum(z / s, max_weight)
-        lu = jsl.lu_factor(_reduced_matrix(Q, A, G, weight, delta))
+        factor = _factor(_reduced_matrix(Q, A, C, weight, delta), A, C)
 
         def reduced_solve(a_d, a_p, a_g, a_c):
-            # Q dx + Aᵀdy + Gᵀdz = a_d, A dx = a_p, G dx + ds = a_g, Z ds + S dz = a_c, with ds and dz eliminated.
+            # Q dx + Aᵀdy + Cᵀdz = a_d, A dx = a_p, C dx + ds = a_g, Z ds + S dz = a_c, with ds and dz eliminated.
             shift = (a_c - z * a_g) / s
-            u = jsl.lu_solve(lu, jnp.concatenate([a_d - G.T @ shift, a_p]))
+            u = factor.solve(jnp.concatenate([a_d - C.T @ shift, a_p]))
             dx = u[:n]
-            return dx, a_g - G @ dx, u[n:], weight * (G @ dx) + shift
+            return dx, a_g - C @ dx, u[n:], weight * (C @ dx) + shift
 
         def newton(r_c, refinements=0):
             rhs = (-r_d, -r_p, -r_g, -r_c)
-            d = reduced_solve(*rhs)
+            direction = reduced_solve(*rhs)
             for _ in range(refinements):
-                dx, ds, dy, dz = d
-                applied = (Qs @ dx + A.T @ dy + G.T @ dz, A @ dx, G @ dx + ds, z * ds + s * dz)
-                d = jax.tree.map(jnp.add, d, reduced_solve(*jax.tree.map(jnp.subtract, rhs, applied)))
-            return d
+                dx, ds, dy, dz = direction
+                applied = (Qs @ dx + A.T @ dy + C.T @ dz, A @ dx, C @ dx + ds, z * ds + s * dz)
+                correction = reduced_solve(*jax.tree.map(jnp.subtract, rhs, applied))
+                direction = jax.tree.map(jnp.add, direction, correction)
+            return direction
 
         mu = jnp.vdot(s, z) / m
         dx, ds, dy, dz = newton(s * z - relaxation)
@@ -462,12 +599,12 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         unbounded = (
             (_inf_norm(Qs @ step_x) <= infeasibility_tol * size_x)
             & (_inf_norm(A @ step_x) <= infeasibility_tol * size_x)
-            & (jnp.max(G @ step_x) <= infeasibility_tol * size_x)
+            & (jnp.max(C @ step_x) <= infeasibility_tol * size_x)
             & (jnp.vdot(c, step_x) < -infeasibility_tol * size_x)
         )
         size_dual = jnp.maximum(_inf_norm(y), _inf_norm(z))
-        infeasible = (_inf_norm(A.T @ y + G.T @ z) <= tol * size_dual) & (
-            jnp.vdot(b, y) + jnp.vdot(h, z) < -infeasibility_tol * size_dual
+        infeasible = (_inf_norm(A.T @ y + C.T @ z) <= tol * size_dual) & (
+            jnp.vdot(b, y) + jnp.vdot(d, z) < -infeasibility_tol * size_dual
         )
         status = jnp.where(
             measured[0] <= tol,
@@ -485,7 +622,7 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
         stalled = (k - best_k >= patience) & (best_target <= infeasibility_tol)
         return (k < max_steps) & (status == QPStatus.MAX_ITERATIONS) & finite & ~stalled
 
-    point = _initial_point(Q, c, A, b, G, h)
+    point = _initial_point(Q, c, A, b, C, d)
     measured = measure(*point)
     status = jnp.asarray(QPStatus.MAX_ITERATIONS, jnp.int32)
     zero = jnp.asarray(0)
@@ -494,12 +631,12 @@ def _interior_point(Q, c, A, b, G, h, tol, max_steps, relaxation):
     nonfinite = ~_all_finite(*last, *measured)
     status = jnp.where((status == QPStatus.MAX_ITERATIONS) & (residual <= tol), QPStatus.SOLVED, status)
     stats = QPStats(k, residual, status == QPStatus.SOLVED, nonfinite, status.astype(jnp.int32))
-    return KKTPoint(x, y, z), s, stats
+    return _Point(x, y, z), s, stats
 
 
-def _standard_form(Q, c, A, b, G, h):
+def _standard_form(Q, c, A, b, G, h, upper, lower):
     """Arrays of one floating dtype, absent constraints as empty ones, with the shapes checked."""
-    given = [v for v in (Q, c, A, b, G, h) if v is not None]
+    given = [v for v in (Q, c, A, b, G, h, upper, lower) if v is not None]
     dtype = jnp.result_type(*given)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
@@ -515,7 +652,24 @@ def _standard_form(Q, c, A, b, G, h):
             raise ValueError("Q must be symmetric; it differs from its transpose")
     A, b = _constraints(A, b, n, dtype, "A", "b")
     G, h = _constraints(G, h, n, dtype, "G", "h")
-    return Q, c, A, b, G, h
+    upper, lower = _bound(upper, n, dtype, "upper"), _bound(lower, n, dtype, "lower")
+    concrete = [np.asarray(v) for v in (upper, lower) if not isinstance(v, jax.core.Tracer)]
+    if len(concrete) == 2 and upper.shape == lower.shape == (n,) and np.any(concrete[1] > concrete[0]):
+        where = np.flatnonzero(concrete[1] > concrete[0])
+        raise ValueError(f"the box is empty: lower > upper at indices {where.tolist()}")
+    return Q, c, A, b, G, h, upper, lower
+
+
+def _bound(v, n, dtype, name):
+    """A bound broadcast to ``(n,)``, or ``(0,)`` when absent; its entries must be finite."""
+    if v is None:
+        return jnp.zeros((0,), dtype)
+    v = jnp.asarray(v, dtype)
+    if v.ndim > 1 or v.shape not in ((), (n,)):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},) to match Q's {n} variables, got {v.shape}")
+    if not isinstance(v, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(v))):
+        raise ValueError(f"{name} must be finite; leave it None for no bound on that side")
+    return jnp.broadcast_to(v, (n,))
 
 
 def _constraints(M, r, n, dtype, m_name, r_name):

@@ -14,7 +14,6 @@ from implax import linear
 from implax.failures import FailurePolicy
 from implax.iterate import IterativeSolver, RootProblem
 from implax.linear import solve_linear
-from implax.linesearch import backtrack
 from implax.policies import solve_problem
 from implax.solution import Solution
 from implax.tree import tree_add, tree_norm, tree_scale
@@ -54,23 +53,33 @@ def _jvp_operator(problem, x, params):
 
 
 def _backtrack(problem, x, dx, params, residual_norm, max_backtracks, armijo):
-    r"""Largest :math:`t \in \{1, \frac12, \frac14, \dots\}` with
+    r"""Largest :math:`t \in \{1, \frac12, \dots, 2^{-\mathrm{max\_backtracks}}\}` with
     :math:`\|F(x + t\,\delta)\| \le (1 - c\, t)\, \|F(x)\|`; the smallest tried if none passes.
+
+    One loop tries every step, the first included, so ``F`` appears once in the program.
 
     Returns:
       ``(t, accepted)``: the step size (no derivative) and whether it passed the test.
     """
     x, dx, params, residual_norm = jax.lax.stop_gradient((x, dx, params, residual_norm))
 
-    def accepted(t):
+    def rejected(carry):
+        _, ok, k = carry
+        return (k <= max_backtracks) & ~ok
+
+    def halve(carry):
+        t, _, k = carry
+        t = t / 2
         norm = tree_norm(problem.residual(tree_add(x, tree_scale(t, dx)), params))
-        return jnp.isfinite(norm) & (norm <= (1 - armijo * t) * residual_norm)
+        return t, jnp.isfinite(norm) & (norm <= (1 - armijo * t) * residual_norm), k + 1
 
-    return backtrack(accepted, jnp.ones((), residual_norm.dtype), 0.5, max_backtracks)
+    t, ok, _ = jax.lax.while_loop(rejected, halve, (jnp.full((), 2, residual_norm.dtype), jnp.zeros((), bool), 0))
+    return t, ok
 
 
-class _ResidualState(NamedTuple):
+class _NewtonState(NamedTuple):
     residual: Any
+    residual_norm: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,16 +104,22 @@ class Newton(IterativeSolver):
     armijo: float = 1e-4
 
     def init(self, problem, x, params):
-        return x, _ResidualState(problem.residual(x, params))
+        return x, self._state(problem, x, params)
 
     def step(self, problem, x, params, state):
         linear_solver = linear.Auto(on_failure="ignore") if self.linear_solver is None else self.linear_solver
         dx = solve_linear(_jvp_operator(problem, x, params), tree_scale(-1, state.residual), linear_solver)
         if self.line_search:
-            t, _ = _backtrack(problem, x, dx, params, tree_norm(state.residual), self.max_backtracks, self.armijo)
+            t, _ = _backtrack(problem, x, dx, params, state.residual_norm, self.max_backtracks, self.armijo)
             dx = tree_scale(t, dx)
         x = tree_add(x, dx)
-        return x, _ResidualState(problem.residual(x, params))
+        return x, self._state(problem, x, params)
+
+    @staticmethod
+    def _state(problem, x, params):
+        # The loop takes the same norm of the residual: XLA computes it once, and the next line search reuses it.
+        residual = problem.residual(x, params)
+        return _NewtonState(residual, tree_norm(residual))
 
 
 class _BroydenState(NamedTuple):

@@ -150,11 +150,13 @@ class Anderson(_FixedPointSolver):
     def step(self, problem, x, params, state):
         x_flat, unravel = ravel_pytree(x)
         residual = ravel_pytree(state.residual)[0]
-        slot = state.count % self.history
-        images = state.images.at[slot].set(x_flat + residual)
-        residuals = state.residuals.at[slot].set(residual)
+        # The slot is in bounds: dynamic updates, without the bounds checks of a scatter (`.at[slot].set`).
+        slot = jax.lax.rem(state.count, jnp.int32(self.history))
+        images = jax.lax.dynamic_update_index_in_dim(state.images, x_flat + residual, slot, 0)
+        residuals = jax.lax.dynamic_update_index_in_dim(state.residuals, residual, slot, 0)
         row = residuals @ residual
-        gram = state.gram.at[slot].set(row).at[:, slot].set(row)
+        gram = jax.lax.dynamic_update_index_in_dim(state.gram, row, slot, 0)
+        gram = jax.lax.dynamic_update_index_in_dim(gram, row, slot, 1)
         valid = jnp.arange(self.history) < jnp.minimum(state.count + 1, self.history)
         weights = _mixing_weights(gram, valid, self.ridge)
         # With x_i = g_i − f_i: β Σ αᵢ gᵢ + (1 − β) Σ αᵢ xᵢ = Σ αᵢ gᵢ − (1 − β) Σ αᵢ fᵢ.

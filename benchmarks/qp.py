@@ -8,6 +8,11 @@ independent of implax: the solutions and duals of CVXPY's Clarabel at tolerance 
 derivative of the active-set KKT system at Clarabel's solution, solved in NumPy (for :math:`w^\top x^\star`,
 :math:`\partial L/\partial c` and :math:`\partial L/\partial h` follow from one KKT solve with the active
 constraints as equalities).
+
+A second case is the box-constrained QP :math:`-1 \le x \le 1` (with :math:`c` scaled so that about half the
+bounds are active), where implax takes the bounds as ``upper``/``lower`` (its box fast path) or as the rows
+:math:`G = [I; -I]` of a general problem; qpax and qpth take those rows, JAXopt its coordinate-descent
+``BoxCDQP``. Its gradient is with respect to :math:`c` and both bounds.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ TITLE = "Batched QP layer (batch 128): forward and forward+backward against qpax
 BATCH = 128
 SIZES = (10, 50, 200)
 QUICK_SIZES = (10,)
+BOX_SIZES = (50, 200)
+QUICK_BOX_SIZES = (10,)
 BUDGET_S = 3.0
 # cvxpylayers solves the batch one problem at a time on the host: minutes per call beyond this size.
 CVXPYLAYERS_MAX_N = 50
@@ -38,7 +45,8 @@ JAXOPT_MAX_N = 50
 
 
 def count(quick: bool) -> int:
-    return sum(2 * len(_methods(n)) for n in (QUICK_SIZES if quick else SIZES))
+    general = sum(2 * len(_methods(n)) for n in (QUICK_SIZES if quick else SIZES))
+    return general + 2 * len(_box_methods()) * len(QUICK_BOX_SIZES if quick else BOX_SIZES)
 
 
 def make_problems(n: int, seed: int = 0):
@@ -50,6 +58,20 @@ def make_problems(n: int, seed: int = 0):
     h = rng.uniform(0.1, 1.0, size=(BATCH, 2 * n))
     w = rng.normal(size=(BATCH, n))
     return Q, c, G, h, w
+
+
+def make_box_problems(n: int, seed: int = 0):
+    """Problems with bounds -1 ≤ x ≤ 1, about half of them active: Q, c, upper, lower, w."""
+    Q, c, _, _, w = make_problems(n, seed)
+    ones = np.ones((BATCH, n))
+    return Q, 3 * c, ones, -ones, w
+
+
+def box_rows_as_inequalities(upper, lower):
+    """G = [I; -I] and h = [upper; -lower] for a batch of bounds."""
+    n = upper.shape[-1]
+    G = jnp.broadcast_to(jnp.concatenate([jnp.eye(n), -jnp.eye(n)]), (*upper.shape[:-1], 2 * n, n))
+    return G, jnp.concatenate([upper, -lower], axis=-1)
 
 
 def reference_solutions(Q, c, G, h):
@@ -106,6 +128,43 @@ def jaxopt_solve(Q, c, G, h):
 
     solver = jaxopt.OSQP(tol=1e-8, maxiter=10000)
     return jax.vmap(lambda Q, c, G, h: solver.run(params_obj=(Q, c), params_ineq=(G, h)).params.primal)(Q, c, G, h)
+
+
+def implax_box_solve(Q, c, upper, lower):
+    return jax.vmap(lambda *data: implax.qp(*data[:2], upper=data[2], lower=data[3]).primal)(Q, c, upper, lower)
+
+
+def as_general(solve):
+    """A box solve ``(Q, c, upper, lower)`` by a general solver ``(Q, c, G, h)`` on the rows G = [I; -I]."""
+    return lambda Q, c, upper, lower: solve(Q, c, *box_rows_as_inequalities(upper, lower))
+
+
+def jaxopt_box_solve(Q, c, upper, lower):
+    import jaxopt
+
+    solver = jaxopt.BoxCDQP(tol=1e-10, maxiter=10000)
+
+    def solve(Q, c, upper, lower):
+        return solver.run(jnp.zeros_like(c), params_obj=(Q, c), params_ineq=(lower, upper)).params
+
+    return jax.vmap(solve)(Q, c, upper, lower)
+
+
+def _box_methods() -> dict:
+    methods = {"implax, box (upper/lower)": implax_box_solve, "implax, rows G = [I; -I]": as_general(implax_solve)}
+    if importlib.util.find_spec("qpax"):
+        methods["qpax, rows G = [I; -I]"] = as_general(qpax_solve)
+    if importlib.util.find_spec("jaxopt"):
+        methods["JAXopt BoxCDQP"] = jaxopt_box_solve
+    return methods
+
+
+def _box_gradient(solve):
+    def gradient(Q, c, upper, lower, w):
+        grads = jax.grad(lambda *data: jnp.sum(w * solve(Q, *data)), argnums=(0, 1, 2))(c, upper, lower)
+        return jnp.concatenate([g.ravel() for g in grads])
+
+    return gradient
 
 
 def _methods(n: int) -> dict:
@@ -210,13 +269,33 @@ def rows(quick: bool) -> Iterator[Row]:
         forward = {f"{name} forward": _forward(solve) for name, solve in methods.items()}
         backward = {f"{name} forward+backward": _gradient(solve) for name, solve in methods.items()}
         case = f"n={n} m={2 * n} batch={BATCH} float64"
-        for name, m in measure(forward, *args, budget_s=BUDGET_S).items():
-            error = float(np.max(np.abs(np.asarray(m.output) - x_ref)) / np.max(np.abs(x_ref)))
-            yield Row(case, name, m, error=error, note="error: solution against CVXPY (Clarabel)")
-        for name, m in measure(backward, *args, budget_s=BUDGET_S).items():
-            error = float(np.max(np.abs(np.asarray(m.output) - grad_ref)) / np.max(np.abs(grad_ref)))
-            yield Row(case, name, m, error=error, note="error: gradient against the active-set KKT reference")
+        yield from _measured_rows(case, forward, backward, args, x_ref, grad_ref)
         if importlib.util.find_spec("cvxpylayers") and n <= CVXPYLAYERS_MAX_N:
             yield from cvxpylayers_rows(case, Q, c, G, h, w, x_ref, grad_ref)
         if importlib.util.find_spec("qpth"):
             yield from qpth_rows(case, Q, c, G, h, w, x_ref, grad_ref)
+    for n in QUICK_BOX_SIZES if quick else BOX_SIZES:
+        Q, c, upper, lower, w = make_box_problems(n)
+        G, h = (np.asarray(v) for v in box_rows_as_inequalities(upper, lower))
+        x_ref, z_ref = reference_solutions(Q, c, G, h)
+        grad_c, grad_h = reference_gradient(Q, c, G, h, w, x_ref, z_ref)
+        grad_ref = np.concatenate([grad_c.ravel(), grad_h[:, :n].ravel(), -grad_h[:, n:].ravel()])
+        args = tuple(jnp.asarray(v) for v in (Q, c, upper, lower, w))
+        methods = _box_methods()
+        forward = {f"{name} forward": _forward(solve) for name, solve in methods.items()}
+        backward = {f"{name} forward+backward": _box_gradient(solve) for name, solve in methods.items()}
+        case = f"box n={n} batch={BATCH} float64"
+        yield from _measured_rows(case, forward, backward, args, x_ref, grad_ref)
+        if importlib.util.find_spec("qpth"):
+            # qpth's gradient is with respect to h = [upper; -lower].
+            grad_ch = np.concatenate([grad_c.ravel(), grad_h.ravel()])
+            yield from qpth_rows(case, Q, c, G, h, w, x_ref, grad_ch)
+
+
+def _measured_rows(case, forward, backward, args, x_ref, grad_ref) -> Iterator[Row]:
+    for name, m in measure(forward, *args, budget_s=BUDGET_S).items():
+        error = float(np.max(np.abs(np.asarray(m.output) - x_ref)) / np.max(np.abs(x_ref)))
+        yield Row(case, name, m, error=error, note="error: solution against CVXPY (Clarabel)")
+    for name, m in measure(backward, *args, budget_s=BUDGET_S).items():
+        error = float(np.max(np.abs(np.asarray(m.output) - grad_ref)) / np.max(np.abs(grad_ref)))
+        yield Row(case, name, m, error=error, note="error: gradient against the active-set KKT reference")

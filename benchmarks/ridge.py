@@ -87,9 +87,9 @@ NOTES = """
   library calls. Written (Xw − y)ᵀX, F gives about the same time to all three (the "F written three ways"
   case). In the compiled program the CG loops of implax and JAXopt's solve_cg are the same instructions; implax
   adds only its residual check, one product with X and one with Xᵀ after about 400 iterations of two (0.25%),
-  and the conditional host callback that reports a failed check (a fixed ~0.1–0.3 ms per call even when not
-  taken). "implax CG, no check report" (`on_failure='ignore'`) does no extra work at all (XLA removes the unused
-  check), so the gap between implax CG and JAXopt solve_cg, a few percent either way, is measurement noise.
+  and the branch that reports a failed check, a host callback taken only on failure. "implax CG, no check
+  report" (`on_failure='ignore'`) does no extra work at all (XLA removes the unused check), so the gap between
+  implax CG and JAXopt solve_cg, a few percent either way, is measurement noise.
 - **implax Cholesky against the hand-written Cholesky.** Plain `Cholesky()` sees F only as a function, so it
   builds ∂F/∂w = XᵀX + λI from p JVPs (`jax.jacfwd`: X·I, then Xᵀ(X·I) — two n×p×p products and an n×p
   temporary, the extra memory) before factoring. The hand-written backward pass repeats the forward pass's own
@@ -99,11 +99,13 @@ NOTES = """
   "custom_vjp Cholesky") or its factor (`Cholesky(factor=...)`, against "custom_vjp Cholesky, reused") —
   DESIGN.md's rule 4. implax then adds only its residual check: one product with X and one with Xᵀ (a JVP of F,
   which catches a matrix or factor that is not ∂F/∂w; these two memory-bound passes over X cost about 2 ms at
-  n=2000, p=500), and the conditional host callback that reports a failure (most of the gap at n=1000,
-  p=100). "implax Cholesky, given factor, no check" (`on_failure='ignore'`) drops both, as the hand-written code
-  does, and costs the same as it. Materializing by reverse mode (`jax.jacrev`, p VJPs) instead of `jacfwd` was
-  measured too: the same two n×p×p products, the same time within noise; and the residual check of the
-  materialized solve (a p×p product) costs under 2%.
+  n=2000, p=500) and the branch that reports a failure. That branch is a `jax.pure_callback` the solution
+  depends on, not a `jax.debug.callback`: a program with an effectful callback, even in a branch never taken,
+  is dispatched by JAX's Python path instead of its C++ one, 0.1–0.3 ms more per call (30–40% at n=1000,
+  p=100). "implax Cholesky, given factor, no check" (`on_failure='ignore'`) drops the
+  check, as the hand-written code does, and costs the same as it. Materializing by reverse mode (`jax.jacrev`,
+  p VJPs) instead of `jacfwd` was measured too: the same two n×p×p products, the same time within noise; and
+  the residual check of the materialized solve (a p×p product) costs under 2%.
 - **Optimistix lx.CG** stops when the residual and the last step are both below rtol elementwise (scaled by |b|
   and |y|): stricter than ‖r‖ ≤ rtol‖b‖, so it runs more iterations (the "forward only" note gives both counts)
   and reaches 1e-14 instead of 1e-11; it is not the same stopping rule. Its matrix-vector product is a
@@ -381,13 +383,13 @@ def methods(form: Form, step_size: float) -> list[Method]:
             "implax CG, no check report",
             implax_solution(form, dataclasses.replace(implax_cg, on_failure="ignore")),
             AGREEMENT,
-            "on_failure='ignore': no host callback",
+            "on_failure='ignore': no residual check",
         ),
         Method(
             "implax Cholesky, no check report",
             implax_solution(form, implax.linear.Cholesky(on_failure="ignore")),
             AGREEMENT,
-            "on_failure='ignore': no host callback",
+            "on_failure='ignore': no residual check",
         ),
     ]
 

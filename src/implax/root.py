@@ -202,9 +202,14 @@ class Broyden(IterativeSolver):
         eps = jnp.finfo(f_flat.dtype).eps
         update = jnp.abs(denominator) > eps * jnp.linalg.norm(direction) * jnp.linalg.norm(hy)
         safe_denominator = jnp.where(update, denominator, 1)
-        slot = state.num_updates
-        u = state.u.at[slot].set(jnp.where(update, (direction - hy) / safe_denominator, state.u[slot]))
-        v = state.v.at[slot].set(jnp.where(update, inverse_jacobian_transpose(direction), state.v[slot]))
+
+        # The slot is in bounds (a full memory restarts): dynamic updates, without a scatter's bounds checks.
+        def write(terms, term):
+            old = jax.lax.dynamic_index_in_dim(terms, state.num_updates, keepdims=False)
+            return jax.lax.dynamic_update_index_in_dim(terms, jnp.where(update, term, old), state.num_updates, 0)
+
+        u = write(state.u, (direction - hy) / safe_denominator)
+        v = write(state.v, inverse_jacobian_transpose(direction))
         updated = _BroydenState(residual, u, v, state.gamma, state.num_updates + update.astype(jnp.int32))
         restart = stalled | (updated.num_updates >= self.memory)
         # On restart γ is refitted along the last step, ⟨s, y⟩ / ⟨y, y⟩ (no extra evaluation of F).

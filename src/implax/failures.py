@@ -54,7 +54,9 @@ def report_failure(ok: jax.Array, value, message: str, policy: FailurePolicy, **
       **diagnostics: scalars printed with the message (e.g. the relative residual).
 
     Returns:
-      ``value``, or its NaN replacement under the ``"nan"`` policy.
+      ``value``, or its NaN replacement under the ``"nan"`` policy. Under ``"warn"`` and ``"raise"``, inside
+      traced code, the floating-point leaves are ``value``'s own, computed as ``value · 1`` with the 1 from the
+      report, so the report runs whenever they are used (see the module documentation).
     """
     check_policy(policy)
     if policy == "ignore":

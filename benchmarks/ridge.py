@@ -100,12 +100,16 @@ NOTES = """
   DESIGN.md's rule 4. implax then adds only its residual check: one product with X and one with Xᵀ (a JVP of F,
   which catches a matrix or factor that is not ∂F/∂w; these two memory-bound passes over X cost about 2 ms at
   n=2000, p=500) and the branch that reports a failure. That branch is a `jax.pure_callback` the solution
-  depends on, not a `jax.debug.callback`: a program with an effectful callback, even in a branch never taken,
-  is dispatched by JAX's Python path instead of its C++ one, 0.1–0.3 ms more per call (30–40% at n=1000,
-  p=100). "implax Cholesky, given factor, no check" (`on_failure='ignore'`) drops the
-  check, as the hand-written code does, and costs the same as it. Materializing by reverse mode (`jax.jacrev`,
-  p VJPs) instead of `jacfwd` was measured too: the same two n×p×p products, the same time within noise; and
-  the residual check of the materialized solve (a p×p product) costs under 2%.
+  depends on, not a `jax.debug.callback`: `jax.jit` dispatches a program with an effectful callback, even in a
+  branch never taken, by JAX's Python path instead of its C++ one, 0.1–0.3 ms more per call (30–40% at
+  n=1000, p=100). This table times the ahead-of-time compiled executable (`jax.jit(f).lower(...).compile()`),
+  which takes the Python path for any host callback, pure or not, so its rows with a failure report still pay
+  that time; called through `jax.jit`, as user code calls them, "implax Cholesky, given factor" and
+  "custom_vjp Cholesky, reused" differ by the residual check alone, 1–3% at n=1000, p=100. "implax Cholesky,
+  given factor, no check" (`on_failure='ignore'`) drops the check, as the hand-written code does, and costs the
+  same as it. Materializing by reverse mode (`jax.jacrev`, p VJPs) instead of `jacfwd` was measured too: the
+  same two n×p×p products, the same time within noise; and the residual check of the materialized solve (a p×p
+  product) costs under 2%.
 - **Optimistix lx.CG** stops when the residual and the last step are both below rtol elementwise (scaled by |b|
   and |y|): stricter than ‖r‖ ≤ rtol‖b‖, so it runs more iterations (the "forward only" note gives both counts)
   and reaches 1e-14 instead of 1e-11; it is not the same stopping rule. Its matrix-vector product is a

@@ -1,9 +1,10 @@
-"""Deep equilibrium layers and their stabilizers, for Equinox (here) and Flax NNX (:mod:`implax.nn.nnx`).
+"""Deep equilibrium layers, their stabilizers, and QP layers, for Equinox (here) and Flax NNX (:mod:`implax.nn.nnx`).
 
 Importing this package needs Equinox; :mod:`implax.nn.nnx` needs Flax. ``import implax`` needs neither.
 """
 
 from implax.nn.deq import DEQ, JFBFallback, default_backward
+from implax.nn.qp_layer import QPLayer
 from implax.nn.stabilizers import (
     ContractiveLinear,
     contractive,
@@ -16,6 +17,7 @@ __all__ = [
     "DEQ",
     "ContractiveLinear",
     "JFBFallback",
+    "QPLayer",
     "contractive",
     "default_backward",
     "jacobian_regularization",

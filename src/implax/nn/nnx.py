@@ -1,4 +1,5 @@
-"""The deep equilibrium layer for Flax NNX (see :mod:`implax.nn.deq` for the mathematics)."""
+"""The deep equilibrium and QP layers for Flax NNX (see :mod:`implax.nn.deq` and :mod:`implax.nn.qp_layer` for the
+mathematics)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from flax import nnx
 
 import implax
 from implax.iterate import IterativeSolver
+from implax.nn import qp_layer
 from implax.nn.deq import _floating, default_backward
+from implax.qp import QPStats
 
-__all__ = ["DEQ"]
+__all__ = ["DEQ", "QPLayer"]
 
 
 class DEQ(nnx.Module):
@@ -55,3 +58,36 @@ class DEQ(nnx.Module):
 
         sol = implax.fixed_point(block, z0, (params, x), self.solver, self.diff, self.on_failure)
         return sol.value, sol.stats
+
+
+class QPLayer(nnx.Module):
+    r"""A QP layer for Flax NNX: ``QPLayer(n, m, p, rngs=rngs)(c) = (x*, stats)``, as :class:`implax.nn.QPLayer`.
+
+    The trained arrays ``factor, A, b, G, h`` are :class:`flax.nnx.Param` variables, initialized from
+    ``rngs.params()``; the other arguments are those of :class:`implax.nn.QPLayer`.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        m: int,
+        p: int = 0,
+        *,
+        rngs: nnx.Rngs,
+        eps: float = 1e-4,
+        tol: float | None = None,
+        relaxation: float = 0.0,
+        on_failure: str = "warn",
+        dtype=None,
+    ):
+        qp_layer.check_sizes(n, m, p)
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        for name, value in qp_layer.initial_parameters(rngs.params(), n, m, p, dtype).items():
+            setattr(self, name, nnx.Param(value))
+        self.eps, self.tol, self.relaxation, self.on_failure = eps, tol, relaxation, on_failure
+
+    def __call__(self, c: jax.Array) -> tuple[jax.Array, QPStats]:
+        parameters = {name: getattr(self, name)[...] for name in qp_layer.PARAMETERS}
+        return qp_layer.solve(
+            parameters, c, self.eps, tol=self.tol, relaxation=self.relaxation, on_failure=self.on_failure
+        )

@@ -80,18 +80,19 @@ class _Point:
     inequality_dual: jax.Array
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["G"], meta_fields=["upper", "lower"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["G", "G_T"], meta_fields=["upper", "lower"])
 @dataclasses.dataclass(frozen=True)
 class Inequalities:
     r"""The inequality rows :math:`C x \le d` with :math:`C = [G;\ I;\ -I]` and :math:`d = [h;\ u;\ -l]`.
 
-    The box rows (present when ``upper`` / ``lower`` bounds are given) are never stored: their products are
-    copies of :math:`x` or :math:`z`, and their part of :math:`C^\top W C` is diagonal, so a box costs
-    :math:`O(n)` per product instead of the :math:`O(n^2)` of the same rows written into ``G``, and
-    :math:`O(n)` instead of :math:`O(n^3)` in the reduced matrix.
+    ``G_T`` is :math:`G^\top`, stored for the products with it. The box rows (present when ``upper`` / ``lower``
+    bounds are given) are never stored: their products are copies of :math:`x` or :math:`z`, and their part of
+    :math:`C^\top W C` is diagonal, so a box costs :math:`O(n)` per product instead of the :math:`O(n^2)` of the
+    same rows written into ``G``, and :math:`O(n)` instead of :math:`O(n^3)` in the reduced matrix.
     """
 
     G: jax.Array
+    G_T: jax.Array
     upper: bool
     lower: bool
 
@@ -123,7 +124,8 @@ class Inequalities:
             diagonal = diagonal + w_upper
         if self.lower:
             diagonal = diagonal + w_lower
-        return self.G.T @ (w_G[:, None] * self.G) + jnp.diag(diagonal)
+        # With Gᵀ stored, the product is a plain one (XLA's CPU dot is slower contracting both operands' rows).
+        return (self.G_T * w_G) @ self.G + jnp.diag(diagonal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +134,7 @@ class _Transposed:
 
     def __matmul__(self, z):
         z_G, z_upper, z_lower = self.rows.blocks(z)
-        out = self.rows.G.T @ z_G
+        out = self.rows.G_T @ z_G
         if self.rows.upper:
             out = out + z_upper
         if self.rows.lower:
@@ -142,7 +144,7 @@ class _Transposed:
 
 def _inequality_rows(G, h, upper, lower):
     """:math:`C` and :math:`d` from ``G, h`` and the bounds (each of shape ``(n,)``, or ``(0,)`` when absent)."""
-    C = Inequalities(G, upper=upper.shape[0] > 0, lower=lower.shape[0] > 0)
+    C = Inequalities(G, G.T, upper=upper.shape[0] > 0, lower=lower.shape[0] > 0)
     return C, jnp.concatenate([h, upper, -lower])
 
 
@@ -347,7 +349,8 @@ def _reduced_matrix(Q, A, C, weight, delta):
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["arrays"], meta_fields=["cholesky"])
 @dataclasses.dataclass(frozen=True)
 class Factorization:
-    """A factored reduced matrix: Cholesky or LU (with partial pivoting) factors, and solves with them."""
+    """A factored reduced matrix: the Cholesky factor, or the packed LU factors (partial pivoting) and the row
+    permutation, and solves with them."""
 
     arrays: tuple
     cholesky: bool
@@ -355,7 +358,10 @@ class Factorization:
     def solve(self, b):
         if self.cholesky:
             return jsl.cho_solve((self.arrays[0], True), b)
-        return jsl.lu_solve(self.arrays, b)
+        # The permutation is computed once per factorization (lu_solve would convert the pivots at every solve).
+        lu, permutation = self.arrays
+        y = jax.lax.linalg.triangular_solve(lu, b[permutation, None], left_side=True, lower=True, unit_diagonal=True)
+        return jax.lax.linalg.triangular_solve(lu, y, left_side=True, lower=False)[:, 0]
 
 
 def _factor(K, A, C):
@@ -368,7 +374,8 @@ def _factor(K, A, C):
     """
     if A.shape[0] == 0 and C.G.shape[0] == 0:
         return Factorization((jnp.linalg.cholesky(K),), cholesky=True)
-    return Factorization(jsl.lu_factor(K), cholesky=False)
+    lu, _, permutation = jax.lax.linalg.lu(K)
+    return Factorization((lu, permutation), cholesky=False)
 
 
 def _regularization(dtype):

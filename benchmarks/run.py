@@ -122,7 +122,7 @@ def report(results: dict, single: dict, command: str, elapsed_s: float, load_at_
         "How each row is measured (`benchmarks/harness.py`):",
         "",
         "- **compile (s)**: `jax.jit(f).lower(*args).compile()` — tracing, lowering and XLA compilation.",
-        "- **run (ms)**: median wall time of calls of the compiled executable after a warm-up call, each ended by "
+        "- **run (ms)**: median wall time of calls of `jax.jit(f)` after a warm-up call, each ended by "
         "`block_until_ready`. The methods of one case are called in interleaved rounds (one call of each per "
         "round, at least 5 rounds), so changes in background load hit them alike. **spread**: interquartile range "
         "of those times over their median.",

@@ -478,9 +478,12 @@ def _residual_vectors(point, slack, Qs, c, A, b, C, d):
     return Qs @ x + c + A.T @ y + C.T @ z, A @ x - b, C @ x + slack - d
 
 
-def _scaled_residuals(point, slack, Qs, c, A, b, C, d, relaxation):
-    """Feasibility (stationarity, equalities, slacks) and complementarity, each scaled by the data's size."""
-    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, C, d)
+def _scaled_residuals(point, slack, Qs, c, A, b, C, d, relaxation, vectors=None):
+    """Feasibility (stationarity, equalities, slacks) and complementarity, each scaled by the data's size.
+
+    ``vectors`` are the point's :func:`_residual_vectors` when they are already at hand.
+    """
+    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, C, d) if vectors is None else vectors
     scale_d = 1 + _inf_norm(c)
     scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(d))
     feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p)
@@ -533,16 +536,20 @@ def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
     # iteration aims at complementarity tol^1.5, and accepts tol when rounding stops it first.
     target_scale = float(np.sqrt(tol))
 
-    def residuals(x, s, y, z):
-        return _residual_vectors(_Point(x, y, z), s, Qs, c, A, b, C, d)
-
     def measure(x, s, y, z):
-        """The scaled KKT residual with complementarity over tol^1.5 (the target) and over tol (``stats``)."""
-        feasibility, complementarity = _scaled_residuals(_Point(x, y, z), s, Qs, c, A, b, C, d, relaxation)
+        """The residual vectors, and the scaled KKT residual with complementarity over tol^1.5 (the target) and
+        over tol (``stats``)."""
+        point = _Point(x, y, z)
+        vectors = _residual_vectors(point, s, Qs, c, A, b, C, d)
+        feasibility, complementarity = _scaled_residuals(point, s, Qs, c, A, b, C, d, relaxation, vectors)
         # Batched reductions on CPU may drop NaNs: a non-finite point is given an infinite residual explicitly.
         finite = _all_finite(x, s, y, z)
         target = jnp.maximum(feasibility, complementarity / target_scale)
-        return jnp.where(finite, target, jnp.inf), jnp.where(finite, jnp.maximum(feasibility, complementarity), jnp.inf)
+        measured = (
+            jnp.where(finite, target, jnp.inf),
+            jnp.where(finite, jnp.maximum(feasibility, complementarity), jnp.inf),
+        )
+        return vectors, measured
 
     def improves(new, old):
         # Points that meet tol come first, ordered by the target residual; the others by the residual.
@@ -553,18 +560,18 @@ def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
         return (new_ok & ~old_ok) | ((new_ok == old_ok) & (new_score < old_score))
 
     def step(state):
-        point, k, status, _, best, best_measure, best_k = state
-        point, status, measured = iterate(point, status)
+        point, vectors, k, status, _, best, best_measure, best_k = state
+        point, vectors, status, measured = iterate(point, vectors, status)
         better = improves(measured, best_measure)
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), point, best)
         best_measure = jax.tree.map(lambda new, old: jnp.where(better, new, old), measured, best_measure)
-        updated = (point, k + 1, status, measured, best, best_measure, jnp.where(better, k + 1, best_k))
+        updated = (point, vectors, k + 1, status, measured, best, best_measure, jnp.where(better, k + 1, best_k))
         active = running(state)
         return jax.tree.map(lambda new, old: jnp.where(active, new, old), updated, state)
 
-    def iterate(point, status):
+    def iterate(point, vectors, status):
         x, s, y, z = point
-        r_d, r_p, r_g = residuals(x, s, y, z)
+        r_d, r_p, r_g = vectors
         weight = jnp.minimum(z / s, max_weight)
         factor = _factor(_reduced_matrix(Q, A, C, weight, delta), A, C)
 
@@ -600,17 +607,19 @@ def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
         new = (x + alpha * dx, s + alpha * ds, y + alpha * dy, z + alpha * dz)
 
         x, s, y, z = new
-        measured = measure(*new)
+        vectors, measured = measure(*new)
         step_x = alpha * dx
         size_x = _inf_norm(step_x)
+        # The direction solves C dx + ds = -r_g (the refinement keeps ds = a_g - C dx exact): C dx costs nothing.
         unbounded = (
             (_inf_norm(Qs @ step_x) <= infeasibility_tol * size_x)
             & (_inf_norm(A @ step_x) <= infeasibility_tol * size_x)
-            & (jnp.max(C @ step_x) <= infeasibility_tol * size_x)
+            & (jnp.max(-alpha * (r_g + ds)) <= infeasibility_tol * size_x)
             & (jnp.vdot(c, step_x) < -infeasibility_tol * size_x)
         )
         size_dual = jnp.maximum(_inf_norm(y), _inf_norm(z))
-        infeasible = (_inf_norm(A.T @ y + C.T @ z) <= tol * size_dual) & (
+        # Aᵀy + Cᵀz from the new point's stationarity residual Qx + c + Aᵀy + Cᵀz.
+        infeasible = (_inf_norm(vectors[0] - Qs @ x - c) <= tol * size_dual) & (
             jnp.vdot(b, y) + jnp.vdot(d, z) < -infeasibility_tol * size_dual
         )
         status = jnp.where(
@@ -618,10 +627,10 @@ def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
             QPStatus.SOLVED,
             jnp.where(infeasible, QPStatus.PRIMAL_INFEASIBLE, jnp.where(unbounded, QPStatus.DUAL_INFEASIBLE, status)),
         ).astype(jnp.int32)
-        return new, status, measured
+        return new, vectors, status, measured
 
     def running(state):
-        point, k, status, measured, _, (best_target, best_residual), best_k = state
+        point, _, k, status, measured, _, (best_target, best_residual), best_k = state
         finite = _all_finite(*point, *measured)
         # Rounding errors stop progress near the optimum (in float32 mostly) before the target is met; a best
         # point that already meets tol is given fewer steps to improve.
@@ -630,11 +639,11 @@ def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
         return (k < max_steps) & (status == QPStatus.MAX_ITERATIONS) & finite & ~stalled
 
     point = _initial_point(Q, c, A, b, C, d)
-    measured = measure(*point)
+    vectors, measured = measure(*point)
     status = jnp.asarray(QPStatus.MAX_ITERATIONS, jnp.int32)
     zero = jnp.asarray(0)
-    state = jax.lax.while_loop(running, step, (point, zero, status, measured, point, measured, zero))
-    last, k, status, measured, (x, s, y, z), (_, residual), _ = state
+    state = jax.lax.while_loop(running, step, (point, vectors, zero, status, measured, point, measured, zero))
+    last, _, k, status, measured, (x, s, y, z), (_, residual), _ = state
     nonfinite = ~_all_finite(*last, *measured)
     status = jnp.where((status == QPStatus.MAX_ITERATIONS) & (residual <= tol), QPStatus.SOLVED, status)
     stats = QPStats(k, residual, status == QPStatus.SOLVED, nonfinite, status.astype(jnp.int32))

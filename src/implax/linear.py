@@ -381,23 +381,30 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
         def arnoldi_step(carry):
             k, basis, r_factor, rotations, _ = carry
             at_k, below_k = rows == k, rows == k + 1
-            w = matvec(basis[k])
+            w = matvec(jax.lax.dynamic_index_in_dim(basis, k, keepdims=False))
             h = basis @ w
             w = w - h @ basis
             correction = basis @ w
             w = w - correction @ basis
             norm = jnp.sqrt(w @ w)
             basis = jnp.where(below_k[:, None], w / jnp.where(norm > 0, norm, 1), basis)
-            column = rotations @ jnp.where(below_k, norm, h + correction)
+            # The rotations so far act on rows 0..k: row k + 1 of Q is still the identity's, so the column's entry
+            # k + 1 is the new norm, and its entries 0..k are Q applied to h (zero beyond k).
+            column = rotations @ (h + correction)
+            row_k = jax.lax.dynamic_index_in_dim(rotations, k, keepdims=False)
             # The rotation [cos, sin; -sin, cos] on rows k and k + 1 zeroes the column's entry k + 1.
-            a, c = column[k], column[k + 1]
-            radius = jnp.sqrt(a * a + c * c)
+            a = jax.lax.dynamic_index_in_dim(column, k, keepdims=False)
+            radius = jnp.sqrt(a * a + norm * norm)
             safe = jnp.where(radius > 0, radius, 1)
-            cos, sin = jnp.where(radius > 0, a / safe, 1), c / safe
-            row_k, row_below = rotations[k], rotations[k + 1]
-            rotations = rotations.at[k].set(cos * row_k + sin * row_below).at[k + 1].set(cos * row_below - sin * row_k)
-            r_factor = r_factor.at[:, k].set(jnp.where(at_k, radius, column)[:m])
-            return k + 1, basis, r_factor, rotations, beta * jnp.abs(cos * row_below[0] - sin * row_k[0])
+            cos, sin = jnp.where(radius > 0, a / safe, 1), norm / safe
+            unit_below = below_k.astype(dtype)
+            rotations = jnp.where(
+                at_k[:, None],
+                cos * row_k + sin * unit_below,
+                jnp.where(below_k[:, None], cos * unit_below - sin * row_k, rotations),
+            )
+            r_factor = jnp.where(rows[None, :m] == k, jnp.where(at_k, radius, column)[:m, None], r_factor)
+            return k + 1, basis, r_factor, rotations, beta * jnp.abs(sin * row_k[0])
 
         init = (jnp.zeros((), jnp.int32), basis, jnp.eye(m, dtype=dtype), jnp.eye(m + 1, dtype=dtype), beta)
         k, basis, r_factor, rotations, _ = jax.lax.while_loop(arnoldi_cond, arnoldi_step, init)

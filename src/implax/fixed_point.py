@@ -150,13 +150,13 @@ class Anderson(_FixedPointSolver):
     def step(self, problem, x, params, state):
         x_flat, unravel = ravel_pytree(x)
         residual = ravel_pytree(state.residual)[0]
-        # The slot is in bounds: dynamic updates, without the bounds checks of a scatter (`.at[slot].set`).
-        slot = jax.lax.rem(state.count, jnp.int32(self.history))
-        images = jax.lax.dynamic_update_index_in_dim(state.images, x_flat + residual, slot, 0)
-        residuals = jax.lax.dynamic_update_index_in_dim(state.residuals, residual, slot, 0)
+        # Written through a one-hot mask of the slot, not at an index: an indexed update is a scatter with bounds
+        # checks, and under vmap (a slot per element) a batched one, while a masked one is elementwise.
+        slot = jnp.arange(self.history) == jax.lax.rem(state.count, jnp.int32(self.history))
+        images = jnp.where(slot[:, None], x_flat + residual, state.images)
+        residuals = jnp.where(slot[:, None], residual, state.residuals)
         row = residuals @ residual
-        gram = jax.lax.dynamic_update_index_in_dim(state.gram, row, slot, 0)
-        gram = jax.lax.dynamic_update_index_in_dim(gram, row, slot, 1)
+        gram = jnp.where(slot[:, None], row, jnp.where(slot, row[:, None], state.gram))
         valid = jnp.arange(self.history) < jnp.minimum(state.count + 1, self.history)
         weights = _mixing_weights(gram, valid, self.ridge)
         # With x_i = g_i − f_i: β Σ αᵢ gᵢ + (1 − β) Σ αᵢ xᵢ = Σ αᵢ gᵢ − (1 − β) Σ αᵢ fᵢ.

@@ -121,7 +121,7 @@ solve; the row "implax Anderson, BiCGSTAB backward" shows the matrix-free altern
     - The Kepler gradient's backward solve is `Auto`'s dense LU of each 1 × 1 Jacobian (a factorization with
       its pivot loop and two triangular solves): 36 kernels and 0.94 s, against 27 kernels and 0.59 s when the
       backward divides by the 1 × 1 Jacobian (JAXopt: 33 kernels, 0.86 s).
-    - Anderson's gradient: its forward loop has no more kernels than JAXopt's (DEQ: about 33 against 36); the
+    - Anderson's gradient: its forward loop has no more kernels than JAXopt's (DEQ: 29 against 36); the
       backward GMRES has about 60 against 18 for JAXopt's normal CG. On the system, the gradient with a
       BiCGSTAB or normal-CG backward (`on_failure="ignore"`) has 70 or 68 kernels and compiled in 1.17 or
       1.04 s, against 99 kernels and 1.75 s with GMRES and 1.39 s for JAXopt (same process).

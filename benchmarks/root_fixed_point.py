@@ -100,8 +100,8 @@ solve; the row "implax Anderson, BiCGSTAB backward" shows the matrix-free altern
     (`.at[slot].set`) is a scatter with bounds checks, batched under `vmap`: 39 to 33 kernels on the system, 43 to
     39 on the DEQ. Broyden writes its rank-one terms by dynamic updates.
   - Newton's line search tries every step size, the full step included, in one loop (the full step was tried
-    once more before it), and Newton's state keeps ‖F‖, which the next line search reuses: 96 to 89 kernels on
-    the system.
+    once more before it), and Newton's state keeps ‖F‖, which the next line search reuses: seven kernels fewer
+    on the system.
   - GMRES is implax's own: one `while_loop` per cycle; Givens rotations kept in an (m + 1) × (m + 1)
     orthogonal matrix, so each step updates them with a small matrix product and no inner loop; the cycle exits
     early on the residual estimate. `jax.scipy.sparse.linalg.gmres` runs nested loops for the Gram–Schmidt
@@ -109,22 +109,22 @@ solve; the row "implax Anderson, BiCGSTAB backward" shows the matrix-free altern
     vmapped backward solve. The DEQ gradient compiled in 3.7 s against 5.4 s (run time min 45 against 65 ms),
     and the system's Newton solve in 1.6 s against 2.2 s.
   - What remains against JAXopt and Optimistix, which do not check their backward solve:
-    - the GMRES step with its rotation bookkeeping is about 35 kernels; JAXopt's CG loop is about 10;
+    - the GMRES step is about 24 kernels; JAXopt's CG loop is about 10;
     - the implicit backward's failure check (one more matvec and a host callback behind `lax.cond`) adds
       0.05–0.2 s;
     - implax Newton runs GMRES inside its loop (n = 1000 is above `Auto`'s dense limit of 64), where Optimistix's dense
-      LU is one custom call, at 36× the run time. GMRES is 52 of the 78 fusions of the system's solve. With
-      `linear_solver=BiCGSTAB(on_failure="ignore")` the solve has 56 kernels instead of 85 (fusions, dots, custom calls)
-      and compiled in 0.69 s against 1.04 s and Optimistix's 0.74 s (same process), in the same 6 steps and a third of
-      the run time; it is not the default, because on DEQ root problems that are not contractions, where Newton with
+      LU is one custom call, at 36× the run time. Counting fusions, dots and custom calls, the system's solve has 74
+      kernels against Optimistix's 37; with `linear_solver=BiCGSTAB(on_failure="ignore")` it has 56 and compiled no
+      slower than Optimistix's (0.69 against 0.74 s; 1.09 against 1.13 s on a busier machine), in the same 6 steps and a
+      third of the run time. It is not the default: on DEQ root problems that are not contractions, where Newton with
       GMRES stalls, BiCGSTAB breaks down and the iterate becomes NaN.
-    - The Kepler gradient's backward solve is `Auto`'s dense LU of each 1 × 1 Jacobian (a factorization with
-      its pivot loop and two triangular solves): 36 kernels and 0.94 s, against 27 kernels and 0.59 s when the
-      backward divides by the 1 × 1 Jacobian (JAXopt: 33 kernels, 0.86 s).
-    - Anderson's gradient: its forward loop has no more kernels than JAXopt's (DEQ: 29 against 36); the
-      backward GMRES has about 60 against 18 for JAXopt's normal CG. On the system, the gradient with a
-      BiCGSTAB or normal-CG backward (`on_failure="ignore"`) has 70 or 68 kernels and compiled in 1.17 or
-      1.04 s, against 99 kernels and 1.75 s with GMRES and 1.39 s for JAXopt (same process).
+    - The Kepler gradient's backward solve is `Auto`'s dense LU of each 1 × 1 Jacobian (a factorization with its pivot
+      loop and two triangular solves): 36 kernels and 0.94 s, against 27 kernels and 0.59 s when the backward divides by
+      the 1 × 1 Jacobian (JAXopt: 33 kernels, 0.86 s).
+    - Anderson's gradient: its forward loop has no more kernels than JAXopt's (DEQ: 29 against 36); the backward solve
+      makes the difference. On the system the gradient has 95 kernels with the default GMRES backward, 69 or 67 with a
+      BiCGSTAB or normal-CG backward (`on_failure="ignore"`), and JAXopt's 78; it compiled in 2.19, 1.32 or 1.54 s
+      against JAXopt's 1.54 s (same process, busy machine).
 - *Backward solve under vmap.* The DEQ gradient's default backward solve is GMRES: n = 256 is above `Auto`'s
   dense limit (64). A dense LU per element would materialize 128 Jacobians of 256 × 256 (135 MB) and factor
   them, as Optimistix's default does. On a loaded machine, OpenBLAS's default threads made that batched LU

@@ -97,7 +97,7 @@ solve; the row "implax Anderson, BiCGSTAB backward" shows the matrix-free altern
     `FixedPointIteration` keeps `T(x)` in its state and, undamped, takes it as the next iterate instead of forming
     `x + (T(x) − x)`: 15 to 14 kernels on the system and 20 to 19 on the DEQ, as many as JAXopt's.
   - Anderson writes its history and Gram matrix through a one-hot mask of the slot; an indexed update
-    (`.at[slot].set`) is a scatter with bounds checks, batched under `vmap`: 39 to 33 kernels on the system, 43 to
+    (`.at[slot].set`) is a scatter with bounds checks, batched under `vmap`: 39 to 33 fusions on the system, 43 to
     39 on the DEQ. Broyden writes its rank-one terms by dynamic updates.
   - Newton's line search tries every step size, the full step included, in one loop (the full step was tried
     once more before it), and Newton's state keeps ‖F‖, which the next line search reuses: seven kernels fewer

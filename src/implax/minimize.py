@@ -54,7 +54,7 @@ from implax.iterate import IterativeSolver
 from implax.linesearch import backtrack
 from implax.policies import Phantom, solve_problem
 from implax.solution import Solution
-from implax.tree import describe, tree_add, tree_norm, tree_scale, tree_sub, tree_vdot
+from implax.tree import describe, tree_add, tree_scale, tree_sub
 
 __all__ = ["LBFGS", "GradientDescent", "MirrorDescent", "ProjectedGradient", "ProximalGradient", "minimize"]
 
@@ -174,11 +174,18 @@ def problem_for(solver, objective: Callable) -> MinimizationProblem:
     return MinimizationProblem(objective, conditions.stationarity(objective), positive_definite=True)
 
 
+def sums(*trees) -> jax.Array:
+    """The sum of the entries of each pytree (all of one structure), in one reduction: on XLA:CPU each sum alone
+    is a kernel of its own, two for large arrays."""
+    rows = [jnp.stack([jnp.ravel(leaf) for leaf in leaves]) for leaves in zip(*map(jax.tree.leaves, trees))]
+    return jnp.sum(jnp.concatenate(rows, axis=1), axis=1)
+
+
 def inverse_curvature(objective: Callable, x, params, grad) -> jax.Array:
     r""":math:`\|g\| / \|\nabla^2 f\, g\|`, the inverse curvature of :math:`f` along its gradient :math:`g` at
     ``x`` (one Hessian-vector product; 1 where it is not finite and positive), with no derivative: a first step."""
     curvature = jax.jvp(lambda y: jax.grad(objective)(y, params), (x,), (grad,))[1]
-    grad_norm, curvature_norm = tree_norm(grad), tree_norm(curvature)
+    grad_norm, curvature_norm = jnp.sqrt(sums(jax.tree.map(jnp.square, grad), jax.tree.map(jnp.square, curvature)))
     usable = (grad_norm > 0) & (curvature_norm > 0) & jnp.isfinite(curvature_norm)
     return jax.lax.stop_gradient(jnp.where(usable, grad_norm / jnp.where(usable, curvature_norm, 1), 1))
 
@@ -229,8 +236,14 @@ class _ProximalMethod(_MinimizationSolver):
         """:math:`T_\\eta(y)` given :math:`\\nabla f(y)`."""
         raise NotImplementedError
 
-    def distance(self, x, y):
-        return 0.5 * tree_vdot(tree_sub(x, y), tree_sub(x, y))
+    def distance_terms(self, x, y):
+        r"""Terms whose sum is the distance :math:`D(x, y) = \tfrac12 \|x - y\|^2`, one array per leaf."""
+        return [0.5 * jnp.real(jnp.conj(a - b) * (a - b)) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
+
+    def _distance_and_slope(self, x_new, y, grad):
+        r""":math:`D(x^+, y)` and :math:`\langle \nabla f(y), x^+ - y \rangle`, in one reduction."""
+        slope_terms = [jnp.real(jnp.conj(g) * (a - b)) for g, a, b in zip(*map(jax.tree.leaves, (grad, x_new, y)))]
+        return sums(self.distance_terms(x_new, y), slope_terms)
 
     def condition_stepsize(self):
         return 1.0 if self.stepsize is None else self.stepsize
@@ -244,7 +257,9 @@ class _ProximalMethod(_MinimizationSolver):
         stepsize = self._initial_stepsize(problem, x, grad, params)
         _, residual = self._gradient_mapping(x, grad, params, stepsize)
         one = jnp.ones((), stepsize.dtype)
-        return x, _ProximalState(residual, x, value, grad, stepsize, one, jnp.zeros((), jnp.int32), jnp.array(True))
+        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored.
+        y = x if self.accelerated else None
+        return x, _ProximalState(residual, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), jnp.array(True))
 
     def _initial_stepsize(self, problem, x, grad, params):
         dtype = jnp.result_type(*jax.tree.leaves(x))
@@ -261,8 +276,12 @@ class _ProximalMethod(_MinimizationSolver):
         value = None if self.stepsize is not None else problem.objective(x_new, params)
         return x_new, value, None
 
-    def _trial(self, problem, state, params):
-        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), η_next, grow)``: the trial step from ``state.y`` and the next trial.
+    def _start(self, x, state):
+        """The point :math:`y` the next step is taken from: FISTA's extrapolation, or the iterate."""
+        return state.y if self.accelerated else x
+
+    def _trial(self, problem, y, state, params):
+        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), η_next, grow)``: the trial step from ``y`` and the next trial.
 
         The trial is evaluated together with what the next step needs, so an accepted trial, the usual case, costs
         one evaluation of :math:`T_\eta` and of :math:`f` (with its gradient without extrapolation), and the
@@ -273,14 +292,13 @@ class _ProximalMethod(_MinimizationSolver):
         test measured: :math:`D / c` is the largest step that would have passed if :math:`c / D` did not depend on
         the step (as for small steps), so one retry usually suffices.
         """
-        y, value, grad, stepsize = state.y, state.value, state.grad, state.stepsize
+        value, grad, stepsize = state.value, state.grad, state.stepsize
         if self.stepsize is not None:
             return (True, stepsize, *self._evaluate(problem, y, grad, params, stepsize), stepsize, state.grow)
         eta = jnp.where(state.grow, stepsize / self.decrease, stepsize) if self.grows else stepsize
         x_new, trial_value, trial_grad = self._evaluate(problem, y, grad, params, eta)
-        distance, curvature = jax.lax.stop_gradient(
-            (self.distance(x_new, y), trial_value - value - tree_vdot(grad, tree_sub(x_new, y)))
-        )
+        distance, slope = jax.lax.stop_gradient(self._distance_and_slope(x_new, y, grad))
+        curvature = jax.lax.stop_gradient(trial_value - value - slope)
         # A step too small to move y passes the test trivially; it is no step.
         passed = jnp.isfinite(trial_value) & (distance > 0) & (curvature <= distance / eta)
         # The decrease a step promises is D(x⁺, y) / η. Once it is below the precision of f the test fails on
@@ -298,24 +316,25 @@ class _ProximalMethod(_MinimizationSolver):
         return accept, eta, x_new, trial_value, trial_grad, jnp.where(accept, eta, shrunk), passed & ~rounding
 
     def step(self, problem, x, params, state):
-        accept, stepsize, x_trial, value, grad, next_stepsize, grow = self._trial(problem, state, params)
+        start = self._start(x, state)
+        accept, stepsize, x_trial, value, grad, next_stepsize, grow = self._trial(problem, start, state, params)
 
         def pick(new, old):
             return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
 
         x_new = pick(x_trial, x)
-        momentum = state.momentum
-        y = x_trial
+        momentum, y = state.momentum, None
         if self.accelerated:
             momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
-            y = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
-            value, grad = jax.value_and_grad(problem.objective)(y, params)
+            extrapolated = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
+            value, grad = jax.value_and_grad(problem.objective)(extrapolated, params)
+            y = pick(extrapolated, state.y)
         # The gradient mapping at y, the point the step was taken from, comes free: it is the loop's residual.
-        residual = pick(tree_scale(1 / stepsize, tree_sub(state.y, x_trial)), state.residual)
+        residual = pick(tree_scale(1 / stepsize, tree_sub(start, x_trial)), state.residual)
         rejections = jnp.where(accept, 0, state.rejections + 1).astype(jnp.int32)
         return x_new, _ProximalState(
             residual,
-            pick(y, state.y),
+            y,
             pick(value, state.value),
             pick(grad, state.grad),
             jax.lax.stop_gradient(next_stepsize),
@@ -431,12 +450,12 @@ class MirrorDescent(_ProximalMethod):
     def step_map(self, y, grad, params, stepsize):
         return jax.nn.softmax(jnp.log(y) - stepsize * grad, axis=self.axis)
 
-    def distance(self, x, y):
+    def distance_terms(self, x, y):
         # KL(x‖y) = Σ y φ(x/y − 1) with φ(u) = (1 + u) log1p(u) − u ≥ 0: no cancellation when x ≈ y.
         # An entry of y that underflowed to 0 has x = 0 too (the step is multiplicative): its term is 0.
         positive = y > 0
         u = jnp.where(positive, x / jnp.where(positive, y, 1), 1) - 1
-        return jnp.sum(y * ((1 + u) * jnp.log1p(u) - u))
+        return [y * ((1 + u) * jnp.log1p(u) - u)]
 
     def init(self, problem, x, params):
         if len(jax.tree.leaves(x)) != 1:

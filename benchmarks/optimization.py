@@ -804,8 +804,8 @@ What each implax solver does per iteration (counted in the HLO of the compiled s
   with about 2.5 trials of f in each step's search loop, and two more step maps per step), against JAXopt's 986
   at its fixed step η = λ/maxᵢ‖xᵢ‖² = 0.444, the step from the data's ℓ1 smoothness that implax's generic
   solver does not know. Given that step (`MirrorDescent(stepsize=η)`, the "fixed η" row) implax takes JAXopt's
-  986 iterations in its time. The searched solve went from ×1.75 of JAXopt's time to parity (×0.98 in this
-  run, ×1.05–1.16 in two runs on a more loaded machine): an implax iteration also evaluates f, the KL divergence
+  986 iterations in its time. The searched solve went from ×1.75 of JAXopt's time to parity (×0.98–1.16
+  across runs on this shared machine): an implax iteration also evaluates f, the KL divergence
   and the test, and its trials are fewer but not half as many.
   Compile time: the searched solve compiles in about twice the time of the fixed-step one, 59 fusions against 26
   (JAXopt 25): the initial curvature estimate, f and the KL divergence at each trial, the test and the selection

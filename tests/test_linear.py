@@ -189,6 +189,16 @@ def test_auto_chooses_from_size_and_structure():
     assert linear.Auto(rtol=1e-3, on_failure="nan").choose(small) == linear.LU(rtol=1e-3, on_failure="nan")
 
 
+@pytest.mark.parametrize("solver", [linear.LU, linear.Cholesky])
+def test_scalar_equation_is_divided_and_a_zero_coefficient_flagged(solver):
+    solve = jax.jit(jax.vmap(lambda a, b: solver(on_failure="nan")(lambda v: a * v, b)))
+
+    x = solve(jnp.array([4.0, 0.0, -2.0]), jnp.array([[2.0], [1.0], [3.0]]))
+
+    assert_allclose(x[[0, 2], 0], [0.5, -1.5], rtol=1e-15)
+    assert np.isnan(x[1, 0])
+
+
 def test_gmres_restarts_under_vmap():
     """Cycles of 5 vectors on 30 unknowns force restarts; the batch's elements need different numbers of them."""
     matrices = np.stack([near_identity(30, seed=10 + i, radius=r) for i, r in enumerate([0.1, 0.6, 0.9])])

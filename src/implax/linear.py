@@ -177,7 +177,8 @@ class DenseSolver(LinearSolver):
 
         if self.matrix is None and self.factor is None:
             a = jax.jacfwd(flat_matvec)(b_flat)
-            x = self.factor_solve(a, b_flat)
+            # A scalar equation (a bracketing root finder's, say) is divided: no factorization kernels.
+            x = b_flat / a[0] if a.shape == (1, 1) else self.factor_solve(a, b_flat)
             r = a @ x - b_flat
             norm_bound = jnp.linalg.norm(a)
         else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
 import math
 import os
 import platform
@@ -71,13 +70,14 @@ def measure(
     check: Callable[[str, object], None] | None = None,
     min_rounds: int = 5,
     max_rounds: int = 200,
-    budget_s: float = 5.0,
+    budget_s: float = 2.0,
 ) -> dict[str, Measurement]:
     """Compiles each ``jax.jit(fn)`` for ``args``, calls it once, then times calls of all of them.
 
-    Timing is interleaved: each round calls every executable once, in turn, so that a change in the machine's
-    background load affects all methods alike and their ratios stay meaningful. Rounds continue until
-    ``max_rounds``, or until at least ``min_rounds`` rounds took ``budget_s`` seconds in all.
+    Timing is interleaved: each round calls every executable still being timed once, in turn, so that a change in
+    the machine's background load affects all methods alike and their ratios stay meaningful. A method is timed
+    until it has had ``max_rounds`` calls, or at least ``min_rounds`` calls that took ``budget_s`` seconds in all:
+    a fast method gets many more calls than a slow one, and its median is as well determined.
 
     Args:
       fns: functions by name, all taking ``args``.
@@ -100,16 +100,18 @@ def measure(
     # Timed calls go through jax.jit, as users call it: a compiled executable is dispatched from Python whenever
     # its program has a host callback, jax.jit's call from C++.
     times = {name: [] for name in fns}
-    start = time.perf_counter()
+
+    def timing(name):
+        calls = times[name]
+        return len(calls) < max_rounds and (len(calls) < min_rounds or sum(calls) < budget_s)
+
     with tqdm(desc="timing", unit="round", leave=False, file=sys.stderr) as bar:
-        for rounds in itertools.count(1):
-            for name, fn in jitted.items():
+        while active := [name for name in jitted if timing(name)]:
+            for name in active:
                 tick = time.perf_counter()
-                jax.block_until_ready(fn(*args))
+                jax.block_until_ready(jitted[name](*args))
                 times[name].append(time.perf_counter() - tick)
             bar.update()
-            if rounds >= max_rounds or (rounds >= min_rounds and time.perf_counter() - start >= budget_s):
-                break
 
     results = {}
     for name, executable in compiled.items():

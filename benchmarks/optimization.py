@@ -50,7 +50,7 @@ BASELINES = (
 TARGET = 1e-8
 MAX_STEPS = 20_000
 UNROLLED_STEPS = (100, 1000)
-BUDGET_S, QUICK_BUDGET_S = 2.0, 0.25
+BUDGET_S, QUICK_BUDGET_S = 1.0, 0.1
 
 DESCRIPTION = f"""
 Every row solves the inner problem to the same tolerance: the **common residual** — the residual of the

@@ -36,7 +36,7 @@ SIZES = (10, 50, 200)
 QUICK_SIZES = (10,)
 BOX_SIZES = (50, 200)
 QUICK_BOX_SIZES = (10,)
-BUDGET_S = 3.0
+BUDGET_S = 1.5
 # cvxpylayers solves the batch one problem at a time on the host: minutes per call beyond this size.
 CVXPYLAYERS_MAX_N = 50
 # JAXopt's OSQP to tol 1e-8 took 70-90 s per batched forward call at n=200 (all 128 elements run until the

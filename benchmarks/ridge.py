@@ -143,8 +143,8 @@ CG_RTOL = 1e-10
 # default tolerance 1e-5, on the squared system) gets the loose one.
 AGREEMENT = 1e-6
 LOOSE_AGREEMENT = 1e-2
-# Seconds of interleaved timing rounds per case (at least 5 rounds).
-BUDGET_S = 2.0
+# Seconds of timed calls per method (at least 5 calls).
+BUDGET_S = 1.5
 PSD_TAGS = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
 

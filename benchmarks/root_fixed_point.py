@@ -145,7 +145,7 @@ HISTORY = 5
 MEMORY = 10
 SIGMA = 0.1
 OMEGA = 2 / (5 + 2 * SIGMA)
-TIMING_BUDGET_S = 2.0
+TIMING_BUDGET_S = 1.0
 BICGSTAB = "implax Anderson, BiCGSTAB backward"
 
 

@@ -123,9 +123,10 @@ def report(results: dict, single: dict, command: str, elapsed_s: float, load_at_
         "",
         "- **compile (s)**: `jax.jit(f).lower(*args).compile()` — tracing, lowering and XLA compilation.",
         "- **run (ms)**: median wall time of calls of `jax.jit(f)` after a warm-up call, each ended by "
-        "`block_until_ready`. The methods of one case are called in interleaved rounds (one call of each per "
-        "round, at least 5 rounds), so changes in background load hit them alike. **spread**: interquartile range "
-        "of those times over their median.",
+        "`block_until_ready`. The methods of one case are called in interleaved rounds, so changes in background "
+        "load hit them alike: each round calls every method once that has not yet had 5 calls and 1–2 s of calls "
+        "in all (the benchmark's budget), so a fast method gets many calls. **spread**: interquartile range of "
+        "those times over their median.",
         "- **× method**: run time divided by that method's run time on the same case.",
         "- **memory (MB)**: `compiled.memory_analysis()`: argument + output + temporary − aliased bytes, what XLA "
         "allocates for one call (deterministic; not process RSS). **temp (MB)** is the temporary part alone.",

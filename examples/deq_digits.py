@@ -252,10 +252,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     Returns:
       A dictionary with ``histories`` (per model, one record per epoch), ``accuracy`` (final test accuracy per
-      model), ``memory`` (training-step memory in MB per model at ``MEMORY_BUDGETS``, its first and last in the quick run), ``traces``, the figure's
-      path, a one-line ``summary`` and ``passed``: the DEQ converges in every epoch within its budget, its memory
-      does not depend on the forward budget while unrolling's grows, and (in the full run) the DEQ reaches 97%
-      test accuracy and at least the MLP's accuracy less one point.
+      model), ``memory`` (training-step memory in MB per model at ``MEMORY_BUDGETS``, or at its first and last in
+      the quick run), ``traces``, the figure's path, a one-line ``summary`` and ``passed``: the DEQ converges in
+      every epoch within its budget, its memory does not depend on the forward budget while unrolling's grows,
+      and (in the full run) the DEQ reaches 97% test accuracy and at least the MLP's accuracy less one point.
     """
     args = parse_args(argv)
     data = load_data(args.seed)
@@ -317,10 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"max {test_relative.max():.1e}; {int(np.asarray(test_stats.converged).sum())}/{len(x_test)} converged"
     )
     for name, values in memory.items():
-        print(
-            f"training-step memory, {name}, forward budget {budgets}: "
-            + ", ".join(f"{v:.2f} MB" for v in values)
-        )
+        print(f"training-step memory, {name}, forward budget {budgets}: " + ", ".join(f"{v:.2f} MB" for v in values))
     print("median epoch time: " + ", ".join(f"{name} {s:.2f} s" for name, s in epoch_s.items()))
     print("test accuracy: " + ", ".join(f"{name} {100 * a:.2f}%" for name, a in accuracy.items()))
 

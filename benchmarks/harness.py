@@ -4,7 +4,8 @@ A benchmark is a module of this package with a function ``rows(quick: bool) -> I
 (:mod:`benchmarks.run`) finds it, times nothing itself and formats what it yields. Each row is measured by
 :func:`measure`:
 
-- **compile**: wall time of ``jax.jit(fn).lower(*args).compile()`` — tracing, lowering and XLA compilation;
+- **compile**: wall time of ``jax.jit(fn).lower(*args).compile()`` — tracing, lowering and XLA compilation —
+  from empty caches (``jax.clear_caches()``), after an untimed compile of the same function;
 - **run**: median wall time of calls of the compiled executable after one warm-up call, each ended by
   ``block_until_ready``; the methods of one problem are called in interleaved rounds, so background load
   affects them alike; **spread** is the interquartile range of those times over their median;
@@ -89,10 +90,16 @@ def measure(
     """
     compiled, jitted, compile_s, outputs = {}, {}, {}, {}
     for name, fn in tqdm(fns.items(), desc="compile", leave=False, file=sys.stderr):
+        # An untimed compile first takes the process's one-time costs (lazy imports, a primitive's first lowering);
+        # the timed one then starts from empty caches, so no method gains from caches an earlier one filled.
+        jax.jit(fn).lower(*args).compile()
+        jax.clear_caches()
         jitted[name] = jax.jit(fn)
         start = time.perf_counter()
         compiled[name] = jitted[name].lower(*args).compile()
         compile_s[name] = time.perf_counter() - start
+    # Warm-up calls, after the last cache clearing.
+    for name in fns:
         outputs[name] = jax.block_until_ready(jitted[name](*args))
         if check is not None:
             check(name, outputs[name])

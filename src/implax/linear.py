@@ -85,12 +85,21 @@ class LinearSolver:
 
     def __call__(self, matvec: Callable, b: Any) -> Any:
         rtol = self._rtol(b)
-        x = self.solve(matvec, b, rtol)
-        return check_residual(matvec, b, x, rtol, self.atol, self.on_failure, type(self).__name__)
+        x, residual = self.solve_with_residual(matvec, b, rtol)
+        if residual is None:
+            residual = tree_norm(tree_sub(matvec(x), b))
+        return _judge(
+            x, residual, tree_norm(b), rtol, self.atol, self.on_failure, type(self).__name__, "relative_residual"
+        )
 
     def solve(self, matvec: Callable, b: Any, rtol: float) -> Any:
         """The unchecked solve; subclasses implement it."""
         raise NotImplementedError
+
+    def solve_with_residual(self, matvec: Callable, b: Any, rtol: float) -> tuple[Any, Any]:
+        r"""The unchecked solve and :math:`\|A x - b\|_2` when the method computes it anyway (else ``None``, and
+        the check applies ``matvec`` once more)."""
+        return self.solve(matvec, b, rtol), None
 
     def transpose(self) -> LinearSolver:
         r"""The solver of :math:`A^\top u = r`, which reverse mode calls with the transposed ``matvec``. A solver that
@@ -104,13 +113,8 @@ class LinearSolver:
         return 10 * tree_size(b) if self.maxiter is None else self.maxiter
 
 
-def check_residual(matvec, b, x, rtol, atol, on_failure, name):
-    """Applies ``on_failure`` unless ``‖A x − b‖ ≤ 10 (rtol ‖b‖ + atol)``."""
-    residual = tree_norm(tree_sub(matvec(x), b))
-    return _judge(x, residual, tree_norm(b), rtol, atol, on_failure, name, "relative_residual")
-
-
 def _judge(x, residual, scale, rtol, atol, on_failure, name, measure):
+    """Applies ``on_failure`` unless ``residual ≤ 10 (rtol · scale + atol)``."""
     ok = jnp.isfinite(residual) & (residual <= CHECK_FACTOR * (rtol * scale + atol))
     relative = residual / jnp.where(scale > 0, scale, 1.0)
     return report_failure(ok, x, f"implax.linear.{name}", on_failure, **{measure: relative})
@@ -353,16 +357,23 @@ class GMRES(LinearSolver):
     restart: int = 20
 
     def solve(self, matvec, b, rtol):
+        return self.solve_with_residual(matvec, b, rtol)[0]
+
+    def solve_with_residual(self, matvec, b, rtol):
+        # The last cycle ends with the true residual b - A x: the check reuses its norm.
         b_flat, unravel = ravel_pytree(b)
 
         def flat_matvec(v):
             return ravel_pytree(matvec(unravel(v)))[0]
 
-        return unravel(_gmres(flat_matvec, b_flat, rtol, self.atol, min(self.restart, b_flat.size), self._maxiter(b)))
+        m = min(self.restart, b_flat.size)
+        x, residual = _gmres(flat_matvec, b_flat, rtol, self.atol, m, self._maxiter(b))
+        return unravel(x), residual
 
 
 def _gmres(matvec, b, rtol, atol, m, maxiter):
-    """Restarted GMRES(``m``) on flat arrays from ``x = 0`` (see :class:`GMRES`).
+    """Restarted GMRES(``m``) on flat arrays from ``x = 0`` (see :class:`GMRES`): the solution and the norm of its
+    residual ``b - A x``, computed with ``matvec``.
 
     The new basis vector is written through a one-hot mask rather than at the step index: under ``vmap`` the
     index differs per element and an indexed update becomes a scatter, while a masked one fuses with the
@@ -424,8 +435,8 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
         x, r, beta, cycles = carry
         return (*cycle(x, r, beta), cycles + 1)
 
-    x, _, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, jnp.sqrt(b @ b), 0))
-    return x
+    x, _, beta, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, jnp.sqrt(b @ b), 0))
+    return x, beta
 
 
 @dataclasses.dataclass(frozen=True)

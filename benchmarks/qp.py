@@ -214,27 +214,46 @@ def torch_gradient(layer, c, h, w):
 
 
 def cvxpylayers_rows(case, Q, c, G, h, w, x_ref, grad_ref) -> Iterator[Row]:
-    """cvxpylayers (PyTorch, default solver)."""
+    """cvxpylayers (default solver), its PyTorch layer and its JAX layer (which ``jax.jit`` cannot trace: it
+    solves on the host)."""
     import cvxpy as cp
     import torch
-    from cvxpylayers.torch import CvxpyLayer
+    from cvxpylayers.jax import CvxpyLayer as JaxLayer
+    from cvxpylayers.torch import CvxpyLayer as TorchLayer
 
     _, m, n = G.shape
     x = cp.Variable(n)
     L, c_p, G_p, h_p = cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter((m, n)), cp.Parameter(m)
     problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L @ x) + c_p @ x), [G_p @ x <= h_p])
-    layer = CvxpyLayer(problem, parameters=[L, c_p, G_p, h_p], variables=[x])
-    L_t = torch.tensor(np.linalg.cholesky(Q).transpose(0, 2, 1))
-    G_t = torch.tensor(G)
+    factor = np.linalg.cholesky(Q).transpose(0, 2, 1)
 
-    def forward(c, h):
-        return layer(L_t, c, G_t, h)[0]
+    torch_layer = TorchLayer(problem, parameters=[L, c_p, G_p, h_p], variables=[x])
+    L_t, G_t = torch.tensor(factor), torch.tensor(G)
+
+    def torch_forward(c, h):
+        return torch_layer(L_t, c, G_t, h)[0]
 
     yield from timed_by_hand(
         case,
         "cvxpylayers (PyTorch)",
-        lambda: forward(torch.tensor(c), torch.tensor(h)).numpy(),
-        lambda: torch_gradient(forward, c, h, w),
+        lambda: torch_forward(torch.tensor(c), torch.tensor(h)).numpy(),
+        lambda: torch_gradient(torch_forward, c, h, w),
+        x_ref,
+        grad_ref,
+    )
+
+    jax_layer = JaxLayer(problem, parameters=[L, c_p, G_p, h_p], variables=[x])
+    L_j, G_j, c_j, h_j, w_j = (jnp.asarray(v) for v in (factor, G, c, h, w))
+
+    def jax_forward(c, h):
+        return jax_layer(L_j, c, G_j, h)[0]
+
+    jax_gradient = jax.grad(lambda c, h: jnp.sum(w_j * jax_forward(c, h)), argnums=(0, 1))
+    yield from timed_by_hand(
+        case,
+        "cvxpylayers (JAX)",
+        lambda: np.asarray(jax_forward(c_j, h_j)),
+        lambda: np.concatenate([np.ravel(g) for g in jax_gradient(c_j, h_j)]),
         x_ref,
         grad_ref,
     )

@@ -288,8 +288,9 @@ def optimistix_solution(form: Form, linear_solver):
     return solution
 
 
-def hand_cg_solution(form: Form):
-    """What an expert writes by hand: a custom VJP whose backward pass is CG on ∂F/∂w = XᵀX + λI."""
+def hand_cg_solution(form: Form, jacobi: bool = False):
+    """What an expert writes by hand: a custom VJP whose backward pass is CG on ∂F/∂w = XᵀX + λI, optionally with
+    the Jacobi preconditioner."""
 
     @jax.custom_vjp
     def solution(lam, a, b):
@@ -301,28 +302,11 @@ def hand_cg_solution(form: Form):
 
     def backward(residuals, w_bar):
         w, lam, a = residuals
-        u, _ = jsp.sparse.linalg.cg(lambda v: form.hvp(v, lam, a), w_bar, tol=CG_RTOL)
-        return -(u @ w), None, None
-
-    solution.defvjp(forward, backward)
-    return solution
-
-
-def hand_jacobi_cg_solution(form: Form):
-    """The hand-written CG backward pass with the same Jacobi preconditioner."""
-
-    @jax.custom_vjp
-    def solution(lam, a, b):
-        return form.solve(lam, a, b)
-
-    def forward(lam, a, b):
-        w = form.solve(lam, a, b)
-        return w, (w, lam, a)
-
-    def backward(residuals, w_bar):
-        w, lam, a = residuals
-        d = form.jacobi(lam, a)
-        u, _ = jsp.sparse.linalg.cg(lambda v: form.hvp(v, lam, a), w_bar, tol=CG_RTOL, M=lambda r: d * r)
+        preconditioner = None
+        if jacobi:
+            d = form.jacobi(lam, a)
+            preconditioner = lambda r: d * r  # noqa: E731
+        u, _ = jsp.sparse.linalg.cg(lambda v: form.hvp(v, lam, a), w_bar, tol=CG_RTOL, M=preconditioner)
         return -(u @ w), None, None
 
     solution.defvjp(forward, backward)
@@ -389,13 +373,14 @@ class Method:
 
 def methods(form: Form, step_size: float) -> list[Method]:
     cg_note = f"CG to ‖r‖ ≤ {CG_RTOL:g}‖b‖"
+    jacobi_note = cg_note + ", M⁻¹ = diag(XᵀX + λI)⁻¹"
     lineax_cg = lx.CG(rtol=CG_RTOL, atol=0.0, norm=optx.two_norm)
     cg_solve = functools.partial(jaxopt.linear_solve.solve_cg, tol=CG_RTOL)
     implax_cg = implax.linear.CG(rtol=CG_RTOL)
     lx_auto = lx.AutoLinearSolver(well_posed=None)
     return [
         Method("implax CG", implax_solution(form, implax_cg), AGREEMENT, cg_note),
-        Method("implax CG, Jacobi", implax_jacobi_solution(form), AGREEMENT, cg_note + ", M⁻¹ = diag(XᵀX + λI)⁻¹"),
+        Method("implax CG, Jacobi", implax_jacobi_solution(form), AGREEMENT, jacobi_note),
         Method("implax Cholesky", implax_solution(form, implax.linear.Cholesky()), AGREEMENT, "∂F/∂w by p JVPs"),
         Method(
             "implax Cholesky, given matrix",
@@ -420,7 +405,7 @@ def methods(form: Form, step_size: float) -> list[Method]:
         Method("Optimistix lx.CG", optimistix_solution(form, lineax_cg), AGREEMENT, f"lineax CG, rtol {CG_RTOL:g}"),
         Method("Optimistix default", optimistix_solution(form, lx_auto), AGREEMENT, "Auto → Cholesky (PSD tags)"),
         Method("custom_vjp CG", hand_cg_solution(form), AGREEMENT, cg_note),
-        Method("custom_vjp CG, Jacobi", hand_jacobi_cg_solution(form), AGREEMENT, cg_note + ", M⁻¹ = diag(XᵀX + λI)⁻¹"),
+        Method("custom_vjp CG, Jacobi", hand_cg_solution(form, jacobi=True), AGREEMENT, jacobi_note),
         Method("custom_vjp Cholesky", hand_cholesky_solution(form, False), AGREEMENT, "refactors XᵀX + λI"),
         Method(
             "custom_vjp Cholesky, reused", hand_cholesky_solution(form, True), AGREEMENT, "reuses the forward factor"

@@ -301,7 +301,7 @@ def torch_rows(weights, data, epochs: int, repeats: int, threads: int | None = N
         torch.nn.functional.cross_entropy(logits, yb_t[0]).backward()
     median = statistics.median(times)
     spread = (np.percentile(times, 75) - np.percentile(times, 25)) / median if len(times) > 1 else math.nan
-    m = Measurement(math.nan, median, len(times), math.nan, math.nan, None, spread)
+    m = Measurement(math.nan, median, len(times), math.nan, math.nan, None, spread, min(times))
     note = (
         f"{np.mean(steps):.1f} forward iterations per sample (batch mean); test acc. {100 * accuracy:.1f}% after "
         f"{epochs} epochs; autograd saved {sum(saved) / 1e6:.2f} MB in one step; torch {torch.__version__}, "

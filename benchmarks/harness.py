@@ -34,8 +34,13 @@ __all__ = ["Measurement", "Row", "machine", "markdown_table", "measure", "text_t
 
 @dataclasses.dataclass
 class Measurement:
-    """What :func:`measure` returns: timings in seconds, memory in bytes, the first call's output, and the
-    interquartile range of the run times divided by their median (NaN where unknown)."""
+    """What :func:`measure` returns: timings in seconds, memory in bytes, the first call's output, the
+    interquartile range of the run times divided by their median, and the fastest call (NaN where unknown).
+
+    The median is the typical cost. The fastest call is the one least disturbed by other work on the machine
+    (interference only adds time), which makes it the steadier basis for comparing two methods within a few
+    percent of each other.
+    """
 
     compile_s: float
     run_s: float
@@ -44,6 +49,7 @@ class Measurement:
     temp_bytes: int
     output: object
     spread: float = math.nan
+    best_s: float = math.nan
 
 
 @dataclasses.dataclass
@@ -139,6 +145,7 @@ def measure(
             memory.temp_size_in_bytes,
             outputs[name],
             (quartiles[2] - quartiles[0]) / median,
+            min(times[name]),
         )
     return results
 
@@ -173,7 +180,7 @@ def _cpu_model() -> str:
 
 
 def _columns(rows: Sequence[Row], baselines: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["case", "method", "compile (s)", "run (ms)", "spread"]
+    header = ["case", "method", "compile (s)", "run (ms)", "spread", "best (ms)"]
     header += [f"× {b}" for b in baselines]
     header += ["rel. error", "memory (MB)", "temp (MB)", "note"]
     base_times = {
@@ -183,7 +190,11 @@ def _columns(rows: Sequence[Row], baselines: Sequence[str]) -> tuple[list[str], 
     for r in rows:
         m = r.measurement
         line = [r.case, r.method]
-        line += [_number(m.compile_s, ".2f"), _ms(m.run_s), _number(100 * m.spread, ".0f", "%")] if m else ["", "", ""]
+        line += (
+            [_number(m.compile_s, ".2f"), _ms(m.run_s), _number(100 * m.spread, ".0f", "%"), _ms(m.best_s)]
+            if m
+            else ["", "", "", ""]
+        )
         for b in baselines:
             base = base_times.get((r.case, b))
             line.append(f"{m.run_s / base:.2f}" if m and base else "")
@@ -199,6 +210,8 @@ def _number(value: float, spec: str, unit: str = "") -> str:
 
 
 def _ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return ""
     ms = seconds * 1e3
     return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
 

@@ -630,7 +630,9 @@ def host_measure(fn: Callable[[], object], budget_s: float, min_repeats: int = 5
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return Measurement(float("nan"), statistics.median(times), len(times), float("nan"), float("nan"), output)
+    return Measurement(
+        float("nan"), statistics.median(times), len(times), float("nan"), float("nan"), output, best_s=min(times)
+    )
 
 
 def _relative_error(value, reference) -> float:

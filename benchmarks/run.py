@@ -129,6 +129,8 @@ def report(results: dict, single: dict, command: str, elapsed_s: float, load_at_
         "load hit them alike: each round calls every method once that has not yet had 5 calls and 1–2 s of calls "
         "in all (the benchmark's budget), so a fast method gets many calls. **spread**: interquartile range of "
         "those times over their median.",
+        "- **best (ms)**: the fastest of those calls, the one least disturbed by other work on the machine; "
+        "targets that compare methods within a few percent of each other state both.",
         "- **× method**: run time divided by that method's run time on the same case.",
         "- **memory (MB)**: `compiled.memory_analysis()`: argument + output + temporary − aliased bytes, what XLA "
         "allocates for one call (deterministic; not process RSS). **temp (MB)** is the temporary part alone.",

@@ -731,6 +731,8 @@ COMPARISONS = (
     ("implax LBFGS", ("JAXopt LBFGS", "Optimistix LBFGS", "Optimistix BFGS"), "JAXopt LBFGS"),
     ("implax ProximalGradient", ("JAXopt ProximalGradient",), "JAXopt ProximalGradient"),
     ("implax MirrorDescent", ("JAXopt MirrorDescent",), "JAXopt MirrorDescent"),
+    # Like for like: JAXopt's MirrorDescent takes a fixed step, the same η.
+    ("implax MirrorDescent, fixed η", ("JAXopt MirrorDescent",), "JAXopt MirrorDescent"),
     ("implax GaussNewton", ("JAXopt GaussNewton", "Optimistix GaussNewton"), "JAXopt GaussNewton"),
     (
         "implax LevenbergMarquardt",

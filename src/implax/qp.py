@@ -475,10 +475,12 @@ def _max_step(v, dv):
     return jnp.minimum(1.0, jnp.min(ratios))
 
 
-def _residual_vectors(point, slack, Qs, c, A, b, C, d):
-    """Stationarity, equality and slack residuals of the slack form, with ``Qs`` the symmetric part of Q."""
+def _residual_vectors(point, slack, Qs, c, A, b, C, d, r_g=None):
+    """Stationarity, equality and slack residuals of the slack form, with ``Qs`` the symmetric part of Q, and
+    Aᵀy + Cᵀz. The slack residual is computed unless given as ``r_g``."""
     x, y, z = point.primal, point.equality_dual, point.inequality_dual
-    return Qs @ x + c + A.T @ y + C.T @ z, A @ x - b, C @ x + slack - d
+    dual = A.T @ y + C.T @ z
+    return (Qs @ x + c + dual, A @ x - b, C @ x + slack - d if r_g is None else r_g), dual
 
 
 def _scaled_residuals(point, slack, Qs, c, A, b, C, d, relaxation, vectors=None):
@@ -486,7 +488,7 @@ def _scaled_residuals(point, slack, Qs, c, A, b, C, d, relaxation, vectors=None)
 
     ``vectors`` are the point's :func:`_residual_vectors` when they are already at hand.
     """
-    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, C, d) if vectors is None else vectors
+    r_d, r_p, r_g = _residual_vectors(point, slack, Qs, c, A, b, C, d)[0] if vectors is None else vectors
     scale_d = 1 + _inf_norm(c)
     scale_p = 1 + jnp.maximum(_inf_norm(b), _inf_norm(d))
     feasibility = jnp.maximum(_inf_norm(r_d) / scale_d, jnp.maximum(_inf_norm(r_p), _inf_norm(r_g)) / scale_p)
@@ -543,8 +545,7 @@ def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):
         """The residual vectors; the scaled KKT residual with complementarity over tol^1.5 (the target) and over
         tol (``stats``); and Aᵀy + Cᵀz. The slack residual ``r_g`` is computed unless given."""
         point = _Point(x, y, z)
-        dual = A.T @ y + C.T @ z
-        vectors = (Qs @ x + c + dual, A @ x - b, C @ x + s - d if r_g is None else r_g)
+        vectors, dual = _residual_vectors(point, s, Qs, c, A, b, C, d, r_g)
         feasibility, complementarity = _scaled_residuals(point, s, Qs, c, A, b, C, d, relaxation, vectors)
         # Batched reductions on CPU may drop NaNs: a non-finite point is given an infinite residual explicitly.
         finite = _all_finite(x, s, y, z)

@@ -384,9 +384,12 @@ class GMRES(LinearSolver):
     :math:`x_k = x_0 + V_k y_k` with :math:`y_k = \operatorname{argmin}_y \|\beta e_1 - \bar H_k y\|`. The
     Hessenberg least-squares problem is kept triangular by Givens rotations, accumulated in an orthogonal
     :math:`(m + 1) \times (m + 1)` matrix :math:`Q` with :math:`Q \bar H_k = [R_k; 0]`, so that the residual
-    norm of :math:`x_k` is :math:`\beta\, |(Q e_1)_k|` at every step without forming :math:`x_k`: the cycle ends
-    as soon as it reaches the tolerance, or after ``restart`` steps; then :math:`R_k y_k = \beta (Q e_1)_{:k}` is
-    solved, the true residual recomputed, and the next cycle starts from it.
+    norm of :math:`x_k` is :math:`\beta\, |(Q e_1)_k|` at every step without forming :math:`x_k`. The rotation of
+    step :math:`k` leaves the entries :math:`0..k-1` of :math:`Q e_1` alone and :math:`R_{k+1}` is :math:`R_k` bordered
+    by a column :math:`(c, \rho)`, so :math:`R^{-1}` grows by the column :math:`(-R_k^{-1} c, 1) / \rho` and
+    :math:`y_{k+1} = (y_k, 0) + \beta (Q e_1)_k\, R_{k+1}^{-1} e_k` without a triangular solve. The cycle ends as
+    soon as the estimate reaches the tolerance, or after ``restart`` steps; then :math:`x_k` is formed, the true
+    residual recomputed, and the next cycle starts from it.
 
     Attributes:
       restart: Krylov subspace size between restarts; memory is ``restart + 1`` vectors.
@@ -426,11 +429,11 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
         basis = jnp.zeros((m + 1, b.size), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1))
 
         def arnoldi_cond(carry):
-            k, _, _, _, estimate = carry
+            k, *_, estimate = carry
             return (k < m) & (estimate > threshold)
 
         def arnoldi_step(carry):
-            k, basis, r_factor, rotations, _ = carry
+            k, y, basis, r_inverse, rotations, _ = carry
             at_k, below_k = rows == k, rows == k + 1
             w = matvec(jax.lax.dynamic_index_in_dim(basis, k, keepdims=False))
             h = basis @ w
@@ -446,23 +449,23 @@ def _gmres(matvec, b, rtol, atol, m, maxiter):
             # The rotation [cos, sin; -sin, cos] on rows k and k + 1 zeroes the column's entry k + 1.
             a = jax.lax.dynamic_index_in_dim(column, k, keepdims=False)
             radius = jnp.sqrt(a * a + norm * norm)
-            safe = jnp.where(radius > 0, radius, 1)
-            cos, sin = jnp.where(radius > 0, a / safe, 1), norm / safe
+            inverse_radius = (radius > 0) / jnp.where(radius > 0, radius, 1)
+            cos, sin = jnp.where(radius > 0, a * inverse_radius, 1), norm * inverse_radius
             unit_below = below_k.astype(dtype)
             rotations = jnp.where(
                 at_k[:, None],
                 cos * row_k + sin * unit_below,
                 jnp.where(below_k[:, None], cos * unit_below - sin * row_k, rotations),
             )
-            r_factor = jnp.where(rows[None, :m] == k, jnp.where(at_k, radius, column)[:m, None], r_factor)
-            return k + 1, basis, r_factor, rotations, beta * jnp.abs(sin * row_k[0])
+            # Columns k.. of the inverse are still 0, so only the column's entries 0..k-1, R's, act.
+            inverse_column = (at_k - r_inverse @ column) * inverse_radius
+            r_inverse = jnp.where(at_k[None, :], inverse_column[:, None], r_inverse)
+            y = y + (beta * cos * row_k[0]) * inverse_column
+            return k + 1, y, basis, r_inverse, rotations, beta * jnp.abs(sin * row_k[0])
 
-        init = (jnp.zeros((), jnp.int32), basis, jnp.eye(m, dtype=dtype), jnp.eye(m + 1, dtype=dtype), beta)
-        k, basis, r_factor, rotations, _ = jax.lax.while_loop(arnoldi_cond, arnoldi_step, init)
-        # Columns k.. of R are the identity's and their right-hand side is 0, so y is 0 there.
-        rhs = jnp.where(rows[:m] < k, beta * rotations[:m, 0], 0)
-        y = jsp.linalg.solve_triangular(r_factor, rhs, lower=False)
-        x = x + y @ basis[:m]
+        init = (0, jnp.zeros(m + 1, dtype), basis, jnp.zeros((m + 1, m + 1), dtype), jnp.eye(m + 1, dtype=dtype), beta)
+        _, y, basis, *_ = jax.lax.while_loop(arnoldi_cond, arnoldi_step, init)
+        x = x + y @ basis
         r = b - matvec(x)
         return x, r, jnp.sqrt(r @ r)
 

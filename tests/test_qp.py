@@ -239,6 +239,45 @@ def test_box_float32_under_vmap_matches_cvxpy(rng):
         np.testing.assert_allclose(sol_x, cvxpy_solution(**problem)[0], atol=2e-3)
 
 
+def test_box_first_order_path_matches_cvxpy_under_vmap(rng):
+    """Box-only problems are solved by projected gradient and one polishing step, well within its step budget."""
+    problems = [random_box_qp(rng, upper=True, lower=True) for _ in range(3)]
+    batch = {k: np.stack([p[k] for p in problems]) for k in problems[0]}
+    sols = jax.jit(jax.vmap(implax.qp))(**batch)
+    np.testing.assert_array_equal(sols.stats.status, QPStatus.SOLVED)
+    assert np.all(np.asarray(sols.stats.num_steps) < importlib.import_module("implax.qp").FIRST_ORDER_STEPS)
+    for i, problem in enumerate(problems):
+        x, _, _, upper_dual, lower_dual = cvxpy_solution(**problem)
+        np.testing.assert_allclose(sols.primal[i], x, atol=1e-7)
+        np.testing.assert_allclose(sols.upper_dual[i], upper_dual, atol=1e-7)
+        np.testing.assert_allclose(sols.lower_dual[i], lower_dual, atol=1e-7)
+
+
+def test_box_falls_back_to_the_interior_point(rng, monkeypatch):
+    """With too small a step budget projected gradient fails, and the interior point solves the problem; an empty
+    box in the same batch is reported infeasible."""
+    monkeypatch.setattr(importlib.import_module("implax.qp"), "FIRST_ORDER_STEPS", 2)
+    problems = [random_box_qp(rng, upper=True, lower=True) for _ in range(2)]
+    problems[1]["lower"] = problems[1]["upper"] + 1.0
+    batch = {k: np.stack([p[k] for p in problems]) for k in problems[0]}
+    sols = jax.jit(jax.vmap(implax.qp))(**batch)
+    np.testing.assert_array_equal(sols.stats.status, [QPStatus.SOLVED, QPStatus.PRIMAL_INFEASIBLE])
+    assert int(sols.stats.num_steps[0]) > 2
+    x, _, _, upper_dual, lower_dual = cvxpy_solution(**problems[0])
+    np.testing.assert_allclose(sols.primal[0], x, atol=1e-7)
+    np.testing.assert_allclose(sols.upper_dual[0], upper_dual, atol=1e-7)
+    np.testing.assert_allclose(sols.lower_dual[0], lower_dual, atol=1e-7)
+
+
+def test_box_nan_is_flagged_without_breaking_the_batch(rng):
+    problem = random_box_qp(rng, upper=True, lower=True)
+    cs = np.stack([problem["c"], np.full_like(problem["c"], np.nan)])
+    sols = jax.jit(jax.vmap(lambda c: implax.qp(problem["Q"], c, upper=problem["upper"], lower=problem["lower"])))(cs)
+    np.testing.assert_array_equal(sols.stats.converged, [True, False])
+    assert bool(sols.stats.nonfinite[1]) and int(sols.stats.status[1]) != QPStatus.SOLVED
+    np.testing.assert_allclose(sols.primal[0], cvxpy_solution(**problem)[0], atol=1e-7)
+
+
 def test_empty_box_is_an_error_or_primal_infeasible():
     with pytest.raises(ValueError, match="lower > upper at indices \\[1\\]"):
         implax.qp(np.eye(2), np.ones(2), upper=np.array([1.0, 0.0]), lower=np.array([0.0, 1.0]))

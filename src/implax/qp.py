@@ -41,6 +41,8 @@ ACCEPTED_STALL_STEPS = 2
 NEWTON_REFINEMENTS = 1
 STEP_FRACTION = 0.995
 SEPARATION = 10.0
+FIRST_ORDER_STEPS = 200
+STABLE_STEPS = 10
 
 
 class QPStatus(enum.IntEnum):
@@ -156,7 +158,9 @@ class QPStats:
     """Statistics of a QP solve (per problem under ``vmap``).
 
     Attributes:
-      num_steps: interior-point iterations (0 for an equality-constrained problem, solved by one KKT solve).
+      num_steps: interior-point iterations (0 for an equality-constrained problem, solved by one KKT solve); for a
+        problem with both bounds and no other constraint, the projected-gradient steps, plus the interior point's
+        when it was needed.
       residual: largest scaled KKT residual (stationarity, primal feasibility, complementarity), the quantity
         ``tol`` bounds.
       converged: ``status == SOLVED``.
@@ -228,7 +232,8 @@ def qp(
     when rounding stops progress first, a point whose residual meets ``tol`` is accepted. The point is then
     polished: one Newton step on the active-set conditions below, with the backward pass's factorization, kept
     when it is primal feasible with nonnegative duals (an exact KKT point, hence optimal). Without inequalities
-    the problem is solved by one KKT solve. Everything is JAX: ``jit``,
+    the problem is solved by one KKT solve; with a box alone, by projected gradient and the polishing step (see
+    ``upper``, ``lower``). Everything is JAX: ``jit``,
     ``vmap`` (one status per problem), float32 and float64.
 
     Derivatives: the implicit function theorem on the KKT conditions (module documentation), through
@@ -257,6 +262,11 @@ def qp(
         ``None`` (no bound on that side). They are rows of the inequalities that are never formed: a box costs
         :math:`O(n)` per iteration besides the factorization, and a problem with bounds only (no ``A``, no
         ``G``) is factored by Cholesky instead of LU. Their duals are ``sol.upper_dual`` and ``sol.lower_dual``.
+        A problem with both bounds and no other constraint (at ``relaxation = 0``) is first solved by
+        accelerated projected gradient, one product with :math:`Q` per step, until its active set settles;
+        the polishing step then makes that point exact with one Cholesky factorization, which the backward pass
+        reuses. Only if the polished point is not optimal (or the steps did not settle) does the interior point
+        run, and under ``vmap`` only when some problem of the batch needs it.
       tol: tolerance on the scaled KKT residuals; ``None`` means 1e-9 in float64 and 1e-4 in float32.
       max_steps: interior-point iteration limit.
       relaxation: :math:`\tau \ge 0`, the complementarity target (0: the optimum).
@@ -286,30 +296,36 @@ def qp(
     Q0, c0, A0, b0, G0, h0, upper0, lower0 = [jax.lax.stop_gradient(v) for v in data]
     C, d = _inequality_rows(G0, h0, upper0, lower0)
     const = (Q0, c0, A0, b0, C, d)
+    # A box alone (both bounds, no other constraint) is started by projected gradient, whose active set one
+    # polishing step makes exact; the interior point runs only for the problems where that fails.
+    box_only = A0.shape[0] == 0 and G0.shape[0] == 0 and C.upper and C.lower and relaxation == 0
     if C.shape[0] == 0:
         point, slack, stats = _equality_qp(*const, tol)
+    elif box_only:
+        point, slack, stats = _box_projected_gradient(*const, upper0, lower0, tol)
     else:
         point, slack, stats = _interior_point(*const, tol, max_steps, relaxation)
-    delta = _regularization(dtype)
-    z = point.inequality_dual
-    if relaxation > 0:
-        # Central path: every constraint keeps its curvature z/s (capped: the refinement makes up the difference).
-        active = jnp.ones_like(z)
-        weight = jnp.minimum(z / slack, 1 / delta)
-    else:
-        # Optimum: the active set read from the returned point; active rows become equalities.
-        active = (z > slack).astype(dtype)
-        weight = active / delta
-    reduced = _reduced_matrix(Q0, A0, C, weight, delta)
-    solve = FactoredKKTSolve(_factor(reduced, A0, C), C, weight, active, on_failure)
-    if relaxation == 0 and C.shape[0] > 0:
-        point, stats = _polish(point, stats, solve, active, *const)
+    point, stats, solve, polished = _active_set_solve(point, slack, stats, const, relaxation, on_failure)
+    if box_only:
+
+        def interior_point(state):
+            needed, _, first_order_stats, _ = state
+            # The data pass through the loop's predicate: XLA would otherwise hoist the loop-invariant interior
+            # point out of the loop and run it unconditionally.
+            data = jax.tree.map(lambda v: jnp.where(needed, v, 0), const)
+            point, slack, stats = _interior_point(*data, tol, max_steps, relaxation)
+            stats = dataclasses.replace(stats, num_steps=stats.num_steps + first_order_stats.num_steps)
+            return (jnp.asarray(False), *_active_set_solve(point, slack, stats, data, relaxation, on_failure)[:3])
+
+        # A while loop, not a cond: under vmap it runs (for the elements that need it) only if one element does.
+        state = (~polished, point, stats, solve)
+        _, point, stats, solve = jax.lax.while_loop(lambda state: state[0], interior_point, state)
 
     def kkt(point, Q, c, A, b, G, h, upper, lower):
         C, d = _inequality_rows(G, h, upper, lower)
         if relaxation > 0:
             return _central_path_residual(point, Q, c, A, b, C, d, relaxation)
-        return _active_set_residual(point, Q, c, A, b, C, d, active)
+        return _active_set_residual(point, Q, c, A, b, C, d, solve.active)
 
     @custom_root(kkt, solve=solve)
     def returned(init, *data):
@@ -318,6 +334,32 @@ def qp(
     x, y, z = jax.tree.leaves(returned(point, *data))
     z_G, z_upper, z_lower = C.blocks(z)
     return QPSolution(value=KKTPoint(x, y, z_G, z_upper, z_lower), stats=stats)
+
+
+def _active_set_solve(point, slack, stats, const, relaxation, on_failure):
+    """The backward pass's solve at the returned point and, at the optimum, the point polished with it.
+
+    Returns:
+      ``(point, stats, solve, polished)``, ``polished`` telling whether the polishing step was kept (always true on
+      the central path, which is not polished).
+    """
+    Q, _, A, _, C, _ = const
+    delta = _regularization(Q.dtype)
+    z = point.inequality_dual
+    if relaxation > 0:
+        # Central path: every constraint keeps its curvature z/s (capped: the refinement makes up the difference).
+        active = jnp.ones_like(z)
+        weight = jnp.minimum(z / slack, 1 / delta)
+    else:
+        # Optimum: the active set read from the returned point; active rows become equalities.
+        active = (z > slack).astype(Q.dtype)
+        weight = active / delta
+    reduced = _reduced_matrix(Q, A, C, weight, delta)
+    solve = FactoredKKTSolve(_factor(reduced, A, C), C, weight, active, on_failure)
+    polished = jnp.asarray(True)
+    if relaxation == 0 and C.shape[0] > 0:
+        point, stats, polished = _polish(point, stats, solve, active, *const)
+    return point, stats, solve, polished
 
 
 def _central_path_residual(point, Q, c, A, b, C, d, relaxation):
@@ -497,7 +539,8 @@ def _scaled_residuals(point, slack, Qs, c, A, b, C, d, relaxation, vectors=None)
 
 
 def _polish(point, stats, solve, active, Q, c, A, b, C, d):
-    r"""One Newton step on the active-set conditions, kept if it lands on an exact KKT point with a smaller residual.
+    r"""One Newton step on the active-set conditions, kept if it lands on an exact KKT point with a smaller residual
+    (returned with the updated stats and whether it was kept).
 
     The step uses the backward pass's factorization. A polished point is primal feasible, its duals are
     nonnegative and its complementarity is exact (inactive duals and active slacks are zero), so it is optimal
@@ -525,7 +568,81 @@ def _polish(point, stats, solve, active, Q, c, A, b, C, d):
         & _all_finite(x, polished.equality_dual, z)
     )
     point = jax.tree.map(lambda new, old: jnp.where(accept, new, old), polished, point)
-    return point, dataclasses.replace(stats, residual=jnp.where(accept, residual, stats.residual))
+    return point, dataclasses.replace(stats, residual=jnp.where(accept, residual, stats.residual)), accept
+
+
+def _box_projected_gradient(Q, c, A, b, C, d, upper, lower, tol):
+    r"""Accelerated projected gradient (FISTA with adaptive restart) on the box :math:`l \le x \le u`:
+
+    .. math:: x^+ = \Pi_{[l, u]}\big(y - \tfrac1L (Q y + c)\big), \qquad
+        y \leftarrow x^+ + \tfrac{t_k - 1}{t_{k+1}} (x^+ - x),
+
+    one product with :math:`Q` per step (:math:`Qy` follows from :math:`Qx^+` and :math:`Qx`). :math:`L` starts
+    at the curvature :math:`g^\top Q g / g^\top g` along the first gradient and is raised whenever a step's
+    curvature :math:`d^\top Q d / d^\top d`, :math:`d = x^+ - y`, exceeds it (the step is then rejected), so every
+    accepted step satisfies the descent condition of a :math:`1/L` step. The momentum restarts when
+    :math:`(y - x^+)^\top (x^+ - x) > 0` (O'Donoghue and Candès), which keeps the rate linear on strongly convex
+    problems.
+
+    The steps only need to find the active set: they stop when the gradient mapping
+    :math:`L \|y - x^+\|_\infty` is below ``tol``:math:`^{2/3}` (times :math:`1 + \|c\|_\infty`), or when the set of
+    variables at a bound has not changed for ``STABLE_STEPS`` accepted steps, or after ``FIRST_ORDER_STEPS``. The
+    returned duals are those of the gradient, :math:`z_u = \max(-g, 0)`, :math:`z_l = \max(g, 0)`; the point is
+    marked solved when the steps stopped before the limit, for the polishing step to make exact.
+    """
+    dtype = Q.dtype
+    Qs = 0.5 * (Q + Q.T)
+    tiny = jnp.finfo(dtype).tiny
+    threshold = tol ** (2 / 3) * (1 + _inf_norm(c))
+
+    def at_bound(x):
+        return jnp.where(x >= upper, 1, jnp.where(x <= lower, -1, 0)).astype(jnp.int8)
+
+    x = jnp.clip(jnp.zeros_like(c), lower, upper)
+    Qx = Qs @ x
+    g = Qx + c
+    curvature = jnp.vdot(g, Qs @ g) / jnp.maximum(jnp.vdot(g, g), tiny)
+    L = jnp.where(curvature > 0, curvature, 1.0)
+
+    def running(state):
+        k, _, _, _, _, _, _, mapping, stable = state
+        return (k < FIRST_ORDER_STEPS) & (mapping > threshold) & (stable < STABLE_STEPS)
+
+    def step(state):
+        k, x, Qx, y, Qy, t, L, mapping, stable = state
+        x_new = jnp.clip(y - (Qy + c) / L, lower, upper)
+        Qx_new = Qs @ x_new
+        move = x_new - y
+        squared, curved = jnp.vdot(move, move), jnp.vdot(move, Qx_new - Qy)
+        accept = curved <= L * squared
+        restart = jnp.vdot(y - x_new, x_new - x) > 0
+        t_new = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * t * t)) / 2)
+        beta = jnp.where(restart, 0.0, (t - 1) / t_new)
+        same = jnp.all(at_bound(x_new) == at_bound(x))
+        updated = (
+            x_new,
+            Qx_new,
+            x_new + beta * (x_new - x),
+            Qx_new + beta * (Qx_new - Qx),
+            t_new,
+            L,
+            L * _inf_norm(move),
+            jnp.where(same, stable + 1, 0),
+        )
+        kept = (x, Qx, y, Qy, t, jnp.maximum(2 * L, 1.5 * curved / jnp.maximum(squared, tiny)), mapping, stable)
+        return (k + 1, *jax.tree.map(lambda new, old: jnp.where(accept, new, old), updated, kept))
+
+    init = (jnp.asarray(0), x, Qx, x, Qx, jnp.ones((), dtype), L, jnp.asarray(jnp.inf, dtype), jnp.asarray(0))
+    k, x, Qx, *_ = jax.lax.while_loop(running, step, init)
+    g = Qx + c
+    z = jnp.concatenate([jnp.maximum(-g, 0), jnp.maximum(g, 0)])
+    point = _Point(x, jnp.zeros((0,), dtype), z)
+    slack = d - C @ x
+    residual = jnp.max(jnp.stack(_scaled_residuals(point, slack, Qs, c, A, b, C, d, 0.0)))
+    finite = _all_finite(x, g)
+    solved = (k < FIRST_ORDER_STEPS) & finite
+    status = jnp.where(solved, QPStatus.SOLVED, QPStatus.MAX_ITERATIONS).astype(jnp.int32)
+    return point, slack, QPStats(k, jnp.where(finite, residual, jnp.inf), solved, ~finite, status)
 
 
 def _interior_point(Q, c, A, b, C, d, tol, max_steps, relaxation):

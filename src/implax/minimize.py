@@ -325,20 +325,24 @@ class _ProximalMethod(_MinimizationSolver):
         x_new = pick(x_trial, x)
         momentum, y = state.momentum, None
         if self.accelerated:
-            momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
+            momentum = pick((1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2, state.momentum)
             extrapolated = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
-            value, grad = jax.value_and_grad(problem.objective)(extrapolated, params)
+            # Evaluated at the point kept rather than kept after: a rejection recomputes f and its gradient at the
+            # same y, and the evaluation needs no selection of its own.
             y = pick(extrapolated, state.y)
+            value, grad = jax.value_and_grad(problem.objective)(y, params)
+        else:
+            value, grad = pick(value, state.value), pick(grad, state.grad)
         # The gradient mapping at y, the point the step was taken from, comes free: it is the loop's residual.
         residual = pick(tree_scale(1 / stepsize, tree_sub(start, x_trial)), state.residual)
         rejections = jnp.where(accept, 0, state.rejections + 1).astype(jnp.int32)
         return x_new, _ProximalState(
             residual,
             y,
-            pick(value, state.value),
-            pick(grad, state.grad),
+            value,
+            grad,
             jax.lax.stop_gradient(next_stepsize),
-            pick(momentum, state.momentum),
+            momentum,
             rejections,
             jnp.asarray(grow),
         )

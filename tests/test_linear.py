@@ -210,6 +210,18 @@ def test_gmres_restarts_under_vmap():
     assert_allclose(x, np.linalg.solve(matrices, rhs[..., None])[..., 0], rtol=1e-8, atol=1e-10)
 
 
+def test_gmres_breakdown_on_a_singular_system_stays_finite():
+    """A e_0 = 0: the first Arnoldi column is 0, R is singular, and the step adds nothing; x stays 0, with its
+    residual reported honestly."""
+    a = jnp.array([[0.0, 1.0], [0.0, 0.0]])
+    b = jnp.array([1.0, 0.0])
+
+    x, residual = linear.GMRES(on_failure="ignore").solve_with_residual(lambda v: a @ v, b, 1e-10)
+
+    assert_allclose(x, [0.0, 0.0])
+    assert_allclose(residual, 1.0)
+
+
 def test_residual_check_adds_no_side_effect():
     """The failure report is part of the solution's computation, so the program keeps jit's fast dispatch path."""
     solver = implax.custom_root(ridge_optimality, solve=linear.CG(on_failure="warn"))(ridge_solve)

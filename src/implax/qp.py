@@ -39,6 +39,7 @@ __all__ = ["KKTPoint", "QPSolution", "QPStats", "QPStatus", "qp"]
 STALL_STEPS = 5
 ACCEPTED_STALL_STEPS = 2
 NEWTON_REFINEMENTS = 1
+POLISH_REFINEMENTS = 1
 STEP_FRACTION = 0.995
 SEPARATION = 10.0
 FIRST_ORDER_STEPS = 200
@@ -553,7 +554,7 @@ def _polish(point, stats, solve, active, Q, c, A, b, C, d):
     def matvec(t):
         return jax.jvp(conditions, (point,), (t,))[1]
 
-    step = solve.refined_solve(matvec, conditions(point))
+    step = dataclasses.replace(solve, refinements=POLISH_REFINEMENTS).refined_solve(matvec, conditions(point))
     polished = jax.tree.map(jnp.subtract, point, step)
     x, z = polished.primal, polished.inequality_dual * active
     polished = _Point(x, polished.equality_dual, z)

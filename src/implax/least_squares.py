@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from implax import conditions, linear
@@ -117,7 +118,7 @@ class _GaussNewtonFamily(IterativeSolver):
         if self._dense(x):
             x_flat, unravel = ravel_pytree(x)
             residuals, jvp = jax.linearize(lambda y: ravel_pytree(problem.residuals(unravel(y), params))[0], x_flat)
-            jacobian = jax.vmap(jvp, out_axes=1)(jnp.eye(x_flat.size, dtype=x_flat.dtype))
+            jacobian = jax.vmap(jvp, out_axes=1)(np.eye(x_flat.size, dtype=x_flat.dtype))
             return 0.5 * _squared_norm(residuals), unravel(jacobian.T @ residuals), jacobian
         residuals, pullback = jax.vjp(lambda y: problem.residuals(y, params), x)
         return 0.5 * _squared_norm(residuals), pullback(residuals)[0], None
@@ -137,18 +138,21 @@ class _GaussNewtonFamily(IterativeSolver):
 
         Without a ``linear_solver``, up to ``DENSE_MAX`` unknowns, the normal matrix of the stored :math:`J` is
         factored by Cholesky (a singular one gives a non-finite step, which stops the solve); above, CG runs on
-        the products :math:`J^\top (J v)`.
+        the products :math:`J^\top (J v)`. ``damping`` ``None`` is :math:`\mu = 0` with no term added.
         """
         if state.jacobian is not None:
             rhs_flat, unravel = ravel_pytree(rhs)
             jacobian = state.jacobian
-            normal = jacobian.T @ jacobian + damping * jnp.eye(rhs_flat.size, dtype=jacobian.dtype)
+            normal = jacobian.T @ jacobian
+            if damping is not None:
+                normal = normal + damping * jnp.eye(rhs_flat.size, dtype=jacobian.dtype)
             return unravel(jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(normal), rhs_flat))
         jvp, vjp = operators
         solver = linear.CG(on_failure="ignore") if self.linear_solver is None else self.linear_solver
 
         def matvec(v):
-            return tree_add(vjp(jvp(v)), tree_scale(damping, v))
+            product = vjp(jvp(v))
+            return product if damping is None else tree_add(product, tree_scale(damping, v))
 
         return solve_linear(matvec, rhs, solver)
 
@@ -189,7 +193,7 @@ class GaussNewton(_GaussNewtonFamily):
     def step(self, problem, x, params, state):
         gradient = state.residual
         operators = self._operators(problem, x, params, state)
-        direction = self._normal_solve(state, operators, tree_scale(-1, gradient), 0.0)
+        direction = self._normal_solve(state, operators, tree_scale(-1, gradient), None)
         slope = tree_vdot(gradient, direction)
 
         def evaluated(t):

@@ -281,7 +281,8 @@ class _ProximalMethod(_MinimizationSolver):
         return state.y if self.accelerated else x
 
     def _trial(self, problem, y, state, params):
-        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), η_next, grow)``: the trial step from ``y`` and the next trial.
+        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), η_shrunk, grow)``: the trial step from ``y``, the next trial's step
+        if it is rejected, and whether the next trial grows the step if it is accepted.
 
         The trial is evaluated together with what the next step needs, so an accepted trial, the usual case, costs
         one evaluation of :math:`T_\eta` and of :math:`f` (with its gradient without extrapolation), and the
@@ -313,29 +314,30 @@ class _ProximalMethod(_MinimizationSolver):
             shrunk = self.decrease * jnp.minimum(eta, limit)
         else:
             shrunk = self.decrease * eta
-        return accept, eta, x_new, trial_value, trial_grad, jnp.where(accept, eta, shrunk), passed & ~rounding
+        return accept, eta, x_new, trial_value, trial_grad, shrunk, passed & ~rounding
 
     def step(self, problem, x, params, state):
         start = self._start(x, state)
-        accept, stepsize, x_trial, value, grad, next_stepsize, grow = self._trial(problem, start, state, params)
+        accept, stepsize, x_trial, value, grad, shrunk, grow = self._trial(problem, start, state, params)
 
-        def pick(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+        def accepted():
+            momentum, y, new_value, new_grad = state.momentum, None, value, grad
+            if self.accelerated:
+                momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
+                y = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
+                new_value, new_grad = jax.value_and_grad(problem.objective)(y, params)
+            # The gradient mapping at the point the step was taken from comes free: it is the loop's residual.
+            residual = tree_scale(1 / stepsize, tree_sub(start, x_trial))
+            return x_trial, residual, y, new_value, new_grad, momentum, stepsize, jnp.zeros((), jnp.int32), grow
 
-        x_new = pick(x_trial, x)
-        momentum, y = state.momentum, None
-        if self.accelerated:
-            momentum = pick((1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2, state.momentum)
-            extrapolated = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
-            # Evaluated at the point kept rather than kept after: a rejection recomputes f and its gradient at the
-            # same y, and the evaluation needs no selection of its own.
-            y = pick(extrapolated, state.y)
-            value, grad = jax.value_and_grad(problem.objective)(y, params)
-        else:
-            value, grad = pick(value, state.value), pick(grad, state.grad)
-        # The gradient mapping at y, the point the step was taken from, comes free: it is the loop's residual.
-        residual = pick(tree_scale(1 / stepsize, tree_sub(start, x_trial)), state.residual)
-        rejections = jnp.where(accept, 0, state.rejections + 1).astype(jnp.int32)
+        def rejected():
+            fields = x, state.residual, state.y, state.value, state.grad, state.momentum
+            return *fields, shrunk, state.rejections + 1, jnp.array(False)
+
+        # One branch rather than a selection per field: XLA would fuse the acceptance test and the step map into
+        # every selection, compiling them once per field of the state.
+        taken = accepted() if self.stepsize is not None else jax.lax.cond(accept, accepted, rejected)
+        x_new, residual, y, value, grad, momentum, next_stepsize, rejections, grow = taken
         return x_new, _ProximalState(
             residual,
             y,

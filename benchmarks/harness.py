@@ -5,7 +5,8 @@ A benchmark is a module of this package with a function ``rows(quick: bool) -> I
 :func:`measure`:
 
 - **compile**: wall time of ``jax.jit(fn).lower(*args).compile()`` — tracing, lowering and XLA compilation —
-  from empty caches (``jax.clear_caches()``), the faster of two, after an untimed compile of the same function;
+  from empty caches (``jax.clear_caches()``), the fastest of three in rounds interleaved across the methods of
+  one problem, after an untimed compile of each;
 - **run**: median wall time of calls of the compiled executable after one warm-up call, each ended by
   ``block_until_ready``; the methods of one problem are called in interleaved rounds, so background load
   affects them alike; **spread** is the interquartile range of those times over their median;
@@ -71,7 +72,7 @@ class Row:
     note: str = ""
 
 
-COMPILE_REPEATS = 2
+COMPILE_REPEATS = 3
 
 
 def measure(
@@ -98,13 +99,15 @@ def measure(
       A :class:`Measurement` per name.
     """
     compiled, jitted, compile_s, outputs = {}, {}, {}, {}
-    for name, fn in tqdm(fns.items(), desc="compile", leave=False, file=sys.stderr):
-        # An untimed compile first takes the process's one-time costs (lazy imports, a primitive's first lowering);
-        # the timed ones then start from empty caches, so no method gains from caches an earlier one filled. The
-        # faster of COMPILE_REPEATS is kept: like a run time, a compile time is only lengthened by other work.
+    # An untimed compile first takes the process's one-time costs (lazy imports, a primitive's first lowering);
+    # the timed ones then start from empty caches, so no method gains from caches an earlier one filled. They run
+    # in interleaved rounds, like the calls, and the fastest of COMPILE_REPEATS is kept: like a run time, a
+    # compile time is only lengthened by other work.
+    for name, fn in fns.items():
         jax.jit(fn).lower(*args).compile()
         compile_s[name] = math.inf
-        for _ in range(COMPILE_REPEATS):
+    for _ in tqdm(range(COMPILE_REPEATS), desc="compile", leave=False, file=sys.stderr):
+        for name, fn in fns.items():
             jax.clear_caches()
             jitted[name] = jax.jit(fn)
             start = time.perf_counter()

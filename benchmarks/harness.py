@@ -6,7 +6,7 @@ A benchmark is a module of this package with a function ``rows(quick: bool) -> I
 
 - **compile**: wall time of ``jax.jit(fn).lower(*args).compile()`` — tracing, lowering and XLA compilation —
   from empty caches (``jax.clear_caches()``), the fastest of three in rounds interleaved across the methods of
-  one problem, after an untimed compile of each;
+  one problem, after an untimed compile of each, with the garbage collector off (as in ``timeit``);
 - **run**: median wall time of calls of the compiled executable after one warm-up call, each ended by
   ``block_until_ready``; the methods of one problem are called in interleaved rounds, so background load
   affects them alike; **spread** is the interquartile range of those times over their median;
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import math
 import os
 import platform
@@ -110,9 +111,16 @@ def measure(
         for name, fn in fns.items():
             jax.clear_caches()
             jitted[name] = jax.jit(fn)
-            start = time.perf_counter()
-            compiled[name] = jitted[name].lower(*args).compile()
-            compile_s[name] = min(compile_s[name], time.perf_counter() - start)
+            # As in timeit, the garbage collector does not run while timed: its pauses depend on what the process
+            # has allocated before, not on the method.
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                compiled[name] = jitted[name].lower(*args).compile()
+                compile_s[name] = min(compile_s[name], time.perf_counter() - start)
+            finally:
+                gc.enable()
     # Warm-up calls, after the last cache clearing.
     for name in fns:
         outputs[name] = jax.block_until_ready(jitted[name](*args))

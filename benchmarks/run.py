@@ -124,7 +124,8 @@ def report(results: dict, single: dict, command: str, elapsed_s: float, load_at_
         "- **compile (s)**: `jax.jit(f).lower(*args).compile()` — tracing, lowering and XLA compilation — from empty "
         "caches (`jax.clear_caches()`), the fastest of three, after an untimed compile of each function that takes "
         "the process's one-time costs: no method gains from caches filled by the one compiled before it. The three "
-        "compiles run in rounds interleaved across the methods of one case, like the calls.",
+        "compiles run in rounds interleaved across the methods of one case, like the calls, with Python's garbage "
+        "collector off (as in `timeit`).",
         "- **run (ms)**: median wall time of calls of `jax.jit(f)` after a warm-up call, each ended by "
         "`block_until_ready`. The methods of one case are called in interleaved rounds, so changes in background "
         "load hit them alike: each round calls every method once that has not yet had 5 calls and 1–2 s of calls "

@@ -27,7 +27,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import compare, figure_path
+from _common import compare, figure_path, relative_error
 from matplotlib.figure import Figure
 
 import implax
@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     print("gradient of the loss at the initial parameters, implicit against central finite differences:")
     gradient = jax.flatten_util.ravel_pytree(jax.jit(jax.grad(loss))(params, points, targets))[0]
-    passed = compare("dL/d(G, h)", gradient, finite_difference_gradient(params, points, targets), 1e-6)
+    reference = finite_difference_gradient(params, points, targets)
+    passed = compare("dL/d(G, h)", gradient, reference, 1e-6)
 
     optimizer = optax.adam(2e-2)
     state = optimizer.init(params)
@@ -110,13 +111,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"  held-out loss below 1 % of its initial value: {'ok' if ratio_ok else 'FAILED'}")
     passed = passed and ratio_ok
 
-    _plot(figure_path("qp_layer.png", args.figure_dir), true_params, initial_params, params, points, losses)
+    path = figure_path("qp_layer.png", args.figure_dir)
+    _plot(path, true_params, initial_params, params, points, losses)
+    gradient_error = relative_error(gradient, reference)
+    summary = (
+        f"held-out loss {initial_error:.2e} → {held_out_error:.2e} in {num_steps} Adam steps; "
+        f"dL/d(G, h) vs finite differences {gradient_error:.0e}"
+    )
     return dict(
         passed=passed,
         losses=losses,
         held_out_error=held_out_error,
         initial_held_out_error=initial_error,
         gradient=np.asarray(gradient),
+        gradient_error=gradient_error,
+        figure=path,
+        summary=summary,
     )
 
 

@@ -51,10 +51,12 @@ EXAMPLES = (
     Example("brachistochrone", ("--steps", "60"), _brachistochrone),
     Example("scipy_root", ("--n", "20", "--grid", "8"), _scipy_root),
     Example("fixed_point_layer", ("--quick",), lambda results: results["summary"]),
+    Example("deq_digits", ("--quick",), lambda results: results["summary"]),
     Example("ridge_diabetes", ("--quick",), lambda results: results["summary"]),
     Example("lasso_hyperparameter", ("--quick",), lambda results: results["summary"]),
     Example("logistic_regularization", ("--quick",), lambda results: results["summary"]),
     Example("svm_digits", ("--quick",), lambda results: results["summary"]),
+    Example("qp_layer", ("--quick",), lambda results: results["summary"]),
 )
 
 

@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     gradient = jax.flatten_util.ravel_pytree(jax.jit(jax.grad(loss))(params, points, targets))[0]
     reference = finite_difference_gradient(params, points, targets)
     passed = compare("dL/d(G, h)", gradient, reference, 1e-6)
+    gradient_error = relative_error(gradient, reference)
 
     optimizer = optax.adam(2e-2)
     state = optimizer.init(params)
@@ -113,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     path = figure_path("qp_layer.png", args.figure_dir)
     _plot(path, true_params, initial_params, params, points, losses)
-    gradient_error = relative_error(gradient, reference)
     summary = (
         f"held-out loss {initial_error:.2e} → {held_out_error:.2e} in {num_steps} Adam steps; "
         f"dL/d(G, h) vs finite differences {gradient_error:.0e}"

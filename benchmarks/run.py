@@ -126,6 +126,9 @@ def report(results: dict, single: dict, command: str, elapsed_s: float, load_at_
         "the process's one-time costs: no method gains from caches filled by the one compiled before it. The three "
         "compiles run in rounds interleaved across the methods of one case, like the calls, with Python's garbage "
         "collector off (as in `timeit`).",
+        "- **kernels**: the fusions, matrix products and custom calls (LAPACK, host callbacks) in the compiled "
+        "program's optimized HLO. XLA:CPU compiles each separately, so compile time grows with their number; unlike "
+        "the compile time, the count is deterministic and tells a real difference from the machine's noise.",
         "- **run (ms)**: median wall time of calls of `jax.jit(f)` after a warm-up call, each ended by "
         "`block_until_ready`. The methods of one case are called in interleaved rounds, so changes in background "
         "load hit them alike: each round calls every method once that has not yet had 5 calls and 1–2 s of calls "

@@ -35,7 +35,16 @@ from collections.abc import Callable, Sequence
 import jax
 from tqdm import tqdm
 
-__all__ = ["Measurement", "Row", "compile_summary", "kernel_count", "machine", "markdown_table", "measure", "text_table"]
+__all__ = [
+    "Measurement",
+    "Row",
+    "compile_summary",
+    "kernel_count",
+    "machine",
+    "markdown_table",
+    "measure",
+    "text_table",
+]
 
 
 @dataclasses.dataclass
@@ -225,8 +234,13 @@ def _columns(rows: Sequence[Row], baselines: Sequence[str]) -> tuple[list[str], 
         m = r.measurement
         line = [r.case, r.method]
         line += (
-            [_number(m.compile_s, ".2f"), "" if m.kernels is None else str(m.kernels)]
-            + [_ms(m.run_s), _number(100 * m.spread, ".0f", "%"), _ms(m.best_s)]
+            [
+                _number(m.compile_s, ".2f"),
+                "" if m.kernels is None else str(m.kernels),
+                _ms(m.run_s),
+                _number(100 * m.spread, ".0f", "%"),
+                _ms(m.best_s),
+            ]
             if m
             else ["", "", "", "", ""]
         )

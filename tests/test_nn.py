@@ -102,7 +102,8 @@ def test_default_layer_jit_vmap_per_sample_stats(rng):
         np.testing.assert_allclose(z[i], _numpy_fixed_point(w, xs[i].astype(np.float64)), atol=1e-3)
         z_one, stats_one = layer(jnp.asarray(xs[i]))
         assert int(stats_one.num_steps) == int(stats.num_steps[i])
-        np.testing.assert_allclose(z_one, z[i], rtol=1e-6)
+        # Batched and unbatched products round differently in float32: a few ulp of the largest entry.
+        np.testing.assert_allclose(z_one, z[i], rtol=1e-5, atol=1e-6)
     assert len(set(np.asarray(stats.num_steps).tolist())) > 1
 
 

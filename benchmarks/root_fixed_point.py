@@ -123,8 +123,8 @@ matrix-free GMRES.
       slower than Optimistix's (0.69 against 0.74 s; 1.09 against 1.13 s on a busier machine), in the same 6 steps and a
       third of the run time. It is not the default: on DEQ root problems that are not contractions, where Newton with
       GMRES stalls, BiCGSTAB breaks down and the iterate becomes NaN. Optimistix's algorithm itself, a dense LU of
-      the Jacobian at each step, is the row "implax Newton, dense LU" (40 kernels; before this run, measured alone:
-      compiled in 0.53 against 0.71 s, 93 against 112 ms per solve, 6 against 7 steps).
+      the Jacobian at each step, is the row "implax Newton, dense LU", whose compile time the verdicts compare with
+      Optimistix's.
     - The Kepler gradient's backward solve is `Auto`'s dense LU of each 1 × 1 Jacobian (a factorization with its pivot
       loop and two triangular solves): 36 kernels and 0.94 s, against 27 kernels and 0.59 s when the backward divides by
       the 1 × 1 Jacobian (JAXopt: 33 kernels, 0.86 s).

@@ -11,7 +11,8 @@ would declare a problem scaled down by 1e-6 solved at its initial guess.
 
 A solver is an immutable configuration with ``init(problem, x0, params) -> (x, state)`` and
 ``step(problem, x, params, state) -> (x, state)``; every state has a ``residual`` field holding
-:math:`r(x, \theta)` at the current iterate, so the loop never evaluates the problem itself. Solvers contain
+:math:`r(x, \theta)` at the current iterate (or, for a solver that overrides ``residual_norm``, its norm), so
+the loop never evaluates the problem itself. Solvers contain
 iteration logic only: how the result is differentiated is the policy's business (:mod:`implax.policies`).
 """
 
@@ -92,6 +93,10 @@ class IterativeSolver:
     def check_problem(self, problem) -> None:
         """Raises ``TypeError`` if this solver cannot solve ``problem``'s kind."""
 
+    def residual_norm(self, state) -> jax.Array:
+        r""":math:`\|r(x, \theta)\|` at the current iterate, from the state: the norm of ``state.residual``."""
+        return tree_norm(state.residual)
+
     def final_residual(self, problem, x, params, state) -> Any:
         """The residual at the returned ``x``, or ``None`` when it is ``state.residual`` (the default); solvers
         whose state holds it elsewhere (at an extrapolated point) recompute it here, once per solve."""
@@ -121,7 +126,7 @@ jax.tree_util.register_dataclass(
 
 def _start(solver, problem, x0, params):
     x, state = solver.init(problem, x0, params)
-    residual = tree_norm(state.residual)
+    residual = solver.residual_norm(state)
     zero = jnp.zeros((), jnp.int32)
     # Without keep_best the best iterate is not tracked (None is an empty pytree): it costs compile time.
     best_x, best_residual = (x, residual) if solver.keep_best else (None, None)
@@ -130,7 +135,7 @@ def _start(solver, problem, x0, params):
 
 def _advance(solver, problem, params, carry):
     x, state = solver.step(problem, carry.x, params, carry.state)
-    residual = tree_norm(state.residual)
+    residual = solver.residual_norm(state)
     best_x, best_residual = carry.best_x, carry.best_residual
     if solver.keep_best:
         better = residual < best_residual

@@ -54,7 +54,7 @@ from implax.iterate import IterativeSolver
 from implax.linesearch import backtrack
 from implax.policies import Phantom, solve_problem
 from implax.solution import Solution
-from implax.tree import describe, tree_add, tree_scale, tree_sub
+from implax.tree import describe, tree_add, tree_norm, tree_scale, tree_sub
 
 __all__ = ["LBFGS", "GradientDescent", "MirrorDescent", "ProjectedGradient", "ProximalGradient", "minimize"]
 
@@ -197,7 +197,7 @@ class _MinimizationSolver(IterativeSolver):
 
 
 class _ProximalState(NamedTuple):
-    residual: Any
+    residual_norm: jax.Array
     y: Any
     value: jax.Array
     grad: Any
@@ -237,13 +237,25 @@ class _ProximalMethod(_MinimizationSolver):
         raise NotImplementedError
 
     def distance_terms(self, x, y):
-        r"""Terms whose sum is the distance :math:`D(x, y) = \tfrac12 \|x - y\|^2`, one array per leaf."""
-        return [0.5 * jnp.real(jnp.conj(a - b) * (a - b)) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
+        r"""Terms whose sum is the distance :math:`D(x, y)`, one array per leaf; ``None`` for the Euclidean
+        :math:`\tfrac12 \|x - y\|^2`."""
+        return None
 
-    def _distance_and_slope(self, x_new, y, grad):
-        r""":math:`D(x^+, y)` and :math:`\langle \nabla f(y), x^+ - y \rangle`, in one reduction."""
-        slope_terms = [jnp.real(jnp.conj(g) * (a - b)) for g, a, b in zip(*map(jax.tree.leaves, (grad, x_new, y)))]
-        return sums(self.distance_terms(x_new, y), slope_terms)
+    def _step_sums(self, x_new, y, grad):
+        r"""``(D, s, q)``: :math:`D(x^+, y)`, :math:`s = \langle \nabla f(y), x^+ - y \rangle` and
+        :math:`q = \|x^+ - y\|^2`, in one reduction (the test's two and the residual's norm
+        :math:`\sqrt{q} / \eta`); only :math:`q` when ``grad`` is ``None``."""
+        steps = [a - b for a, b in zip(jax.tree.leaves(x_new), jax.tree.leaves(y))]
+        squares = [jnp.real(jnp.conj(d) * d) for d in steps]
+        if grad is None:
+            (square,) = sums(squares)
+            return None, None, square
+        slopes = [jnp.real(jnp.conj(g) * d) for g, d in zip(jax.tree.leaves(grad), steps)]
+        distance = self.distance_terms(x_new, y)
+        if distance is None:
+            square, slope = sums(squares, slopes)
+            return 0.5 * square, slope, square
+        return tuple(sums(distance, slopes, squares))
 
     def condition_stepsize(self):
         return 1.0 if self.stepsize is None else self.stepsize
@@ -255,11 +267,19 @@ class _ProximalMethod(_MinimizationSolver):
     def init(self, problem, x, params):
         value, grad = jax.value_and_grad(problem.objective)(x, params)
         stepsize = self._initial_stepsize(problem, x, grad, params)
-        _, residual = self._gradient_mapping(x, grad, params, stepsize)
+        residual_norm = tree_norm(self._gradient_mapping(x, grad, params, stepsize)[1])
         one = jnp.ones((), stepsize.dtype)
-        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored.
+        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored. Under a fixed
+        # step, no value is needed and each step evaluates its own gradient (step): neither is stored.
         y = x if self.accelerated else None
-        return x, _ProximalState(residual, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), jnp.array(True))
+        if self.stepsize is not None:
+            value, grad = None, None
+        state = _ProximalState(residual_norm, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), jnp.array(True))
+        return x, state
+
+    def residual_norm(self, state):
+        # The norm of the gradient mapping (y − x⁺) / η comes from the step's own reduction (_step_sums).
+        return state.residual_norm
 
     def _initial_stepsize(self, problem, x, grad, params):
         dtype = jnp.result_type(*jax.tree.leaves(x))
@@ -268,21 +288,22 @@ class _ProximalMethod(_MinimizationSolver):
         return inverse_curvature(problem.objective, x, params, grad).astype(dtype)
 
     def _evaluate(self, problem, y, grad, params, eta):
-        r""":math:`x^+ = T_\eta(y)` with :math:`f(x^+)` (``None`` under a fixed step with extrapolation, where it is
-        not needed) and, without extrapolation (where the next step starts at :math:`x^+`), :math:`\nabla f(x^+)`."""
+        r""":math:`x^+ = T_\eta(y)` with :math:`f(x^+)` for the test and, without extrapolation (where the next step
+        starts at :math:`x^+`), :math:`\nabla f(x^+)`; neither under a fixed step."""
         x_new = self.step_map(y, grad, params, eta)
+        if self.stepsize is not None:
+            return x_new, None, None
         if not self.accelerated:
             return (x_new, *jax.value_and_grad(problem.objective)(x_new, params))
-        value = None if self.stepsize is not None else problem.objective(x_new, params)
-        return x_new, value, None
+        return x_new, problem.objective(x_new, params), None
 
     def _start(self, x, state):
         """The point :math:`y` the next step is taken from: FISTA's extrapolation, or the iterate."""
         return state.y if self.accelerated else x
 
     def _trial(self, problem, y, state, params):
-        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), η_shrunk, grow)``: the trial step from ``y``, the next trial's step
-        if it is rejected, and whether the next trial grows the step if it is accepted.
+        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), ‖x⁺ − y‖², η_shrunk, grow)``: the trial step from ``y``, the next
+        trial's step if it is rejected, and whether the next trial grows the step if it is accepted.
 
         The trial is evaluated together with what the next step needs, so an accepted trial, the usual case, costs
         one evaluation of :math:`T_\eta` and of :math:`f` (with its gradient without extrapolation), and the
@@ -295,10 +316,13 @@ class _ProximalMethod(_MinimizationSolver):
         """
         value, grad, stepsize = state.value, state.grad, state.stepsize
         if self.stepsize is not None:
-            return (True, stepsize, *self._evaluate(problem, y, grad, params, stepsize), stepsize, state.grow)
+            x_new, trial_value, trial_grad = self._evaluate(problem, y, grad, params, stepsize)
+            square = self._step_sums(x_new, y, None)[2]
+            return True, stepsize, x_new, trial_value, trial_grad, square, stepsize, state.grow
         eta = jnp.where(state.grow, stepsize / self.decrease, stepsize) if self.grows else stepsize
         x_new, trial_value, trial_grad = self._evaluate(problem, y, grad, params, eta)
-        distance, slope = jax.lax.stop_gradient(self._distance_and_slope(x_new, y, grad))
+        distance, slope, square = self._step_sums(x_new, y, grad)
+        distance, slope = jax.lax.stop_gradient((distance, slope))
         curvature = jax.lax.stop_gradient(trial_value - value - slope)
         # A step too small to move y passes the test trivially; it is no step.
         passed = jnp.isfinite(trial_value) & (distance > 0) & (curvature <= distance / eta)
@@ -314,32 +338,37 @@ class _ProximalMethod(_MinimizationSolver):
             shrunk = self.decrease * jnp.minimum(eta, limit)
         else:
             shrunk = self.decrease * eta
-        return accept, eta, x_new, trial_value, trial_grad, shrunk, passed & ~rounding
+        return accept, eta, x_new, trial_value, trial_grad, square, shrunk, passed & ~rounding
 
     def step(self, problem, x, params, state):
         start = self._start(x, state)
-        accept, stepsize, x_trial, value, grad, shrunk, grow = self._trial(problem, start, state, params)
+        if self.stepsize is not None:
+            # Evaluated here rather than at the end of the previous step, the gradient's last operations fuse with
+            # the step map's.
+            state = state._replace(grad=jax.grad(problem.objective)(start, params))
+        accept, stepsize, x_trial, value, grad, square, shrunk, grow = self._trial(problem, start, state, params)
 
         def accepted():
             momentum, y, new_value, new_grad = state.momentum, None, value, grad
             if self.accelerated:
                 momentum = (1 + jnp.sqrt(1 + 4 * state.momentum**2)) / 2
                 y = tree_add(x_trial, tree_scale((state.momentum - 1) / momentum, tree_sub(x_trial, x)))
-                new_value, new_grad = jax.value_and_grad(problem.objective)(y, params)
+                if self.stepsize is None:
+                    new_value, new_grad = jax.value_and_grad(problem.objective)(y, params)
             # The gradient mapping at the point the step was taken from comes free: it is the loop's residual.
-            residual = tree_scale(1 / stepsize, tree_sub(start, x_trial))
-            return x_trial, residual, y, new_value, new_grad, momentum, stepsize, jnp.zeros((), jnp.int32), grow
+            residual_norm = jnp.sqrt(square) / stepsize
+            return x_trial, residual_norm, y, new_value, new_grad, momentum, stepsize, jnp.zeros((), jnp.int32), grow
 
         def rejected():
-            fields = x, state.residual, state.y, state.value, state.grad, state.momentum
+            fields = x, state.residual_norm, state.y, state.value, state.grad, state.momentum
             return *fields, shrunk, state.rejections + 1, jnp.array(False)
 
         # One branch rather than a selection per field: XLA would fuse the acceptance test and the step map into
         # every selection, compiling them once per field of the state.
         taken = accepted() if self.stepsize is not None else jax.lax.cond(accept, accepted, rejected)
-        x_new, residual, y, value, grad, momentum, next_stepsize, rejections, grow = taken
+        x_new, residual_norm, y, value, grad, momentum, next_stepsize, rejections, grow = taken
         return x_new, _ProximalState(
-            residual,
+            jax.lax.stop_gradient(residual_norm),
             y,
             value,
             grad,
@@ -351,8 +380,9 @@ class _ProximalMethod(_MinimizationSolver):
 
     def final_residual(self, problem, x, params, state):
         # The loop's residual is at y (the previous iterate, or FISTA's extrapolation); the reported one is at x,
-        # whose gradient is at hand without extrapolation.
-        grad = jax.grad(problem.objective)(x, params) if self.accelerated else state.grad
+        # whose gradient is at hand without extrapolation under a searched step.
+        at_hand = not self.accelerated and self.stepsize is None
+        grad = state.grad if at_hand else jax.grad(problem.objective)(x, params)
         return self._gradient_mapping(x, grad, params, state.stepsize)[1]
 
 

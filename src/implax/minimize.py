@@ -32,7 +32,8 @@ Step sizes come from a backtracking search on the sufficient-decrease test
 with :math:`D = \frac12\|\cdot\|^2` (Euclidean methods) or the Kullback–Leibler divergence (mirror descent),
 starting from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|` at ``x0``. The
 Euclidean methods never increase it (which FISTA's convergence needs); mirror descent, whose geometry that
-estimate does not measure, tries twice the last step after each accepted one. Each trial is one iteration of
+estimate does not measure, may grow it after each accepted trial, up to :math:`1/\rho` times, as far as the
+curvature that trial measured allows (:meth:`_ProximalMethod._trial`). Each trial is one iteration of
 the solver's loop: an accepted trial is the step, a rejected one leaves ``x`` in place and shrinks the step, so
 ``stats.num_steps`` counts both.
 """
@@ -204,7 +205,7 @@ class _ProximalState(NamedTuple):
     stepsize: jax.Array
     momentum: jax.Array
     rejections: jax.Array
-    grow: jax.Array
+    growth: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -274,7 +275,8 @@ class _ProximalMethod(_MinimizationSolver):
         y = x if self.accelerated else None
         if self.stepsize is not None:
             value, grad = None, None
-        state = _ProximalState(residual_norm, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), jnp.array(True))
+        growth = one / self.decrease
+        state = _ProximalState(residual_norm, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), growth)
         return x, state
 
     def residual_norm(self, state):
@@ -302,24 +304,27 @@ class _ProximalMethod(_MinimizationSolver):
         return state.y if self.accelerated else x
 
     def _trial(self, problem, y, state, params):
-        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), ‖x⁺ − y‖², η_shrunk, grow)``: the trial step from ``y``, the next
-        trial's step if it is rejected, and whether the next trial grows the step if it is accepted.
+        r"""``(accept, η, x⁺, f(x⁺), ∇f(x⁺), ‖x⁺ − y‖², η_shrunk, growth)``: the trial step from ``y``, the next
+        trial's step if it is rejected, and the factor by which the next trial's step exceeds η if it is accepted.
 
         The trial is evaluated together with what the next step needs, so an accepted trial, the usual case, costs
         one evaluation of :math:`T_\eta` and of :math:`f` (with its gradient without extrapolation), and the
         search needs no loop of its own. A rejected trial leaves the iterate where it is (it counts as a step)
-        and shrinks the step to :math:`\rho\eta`; for mirror descent, whose step grows again after every
-        accepted one, to :math:`\rho \min(\eta, D(x^+, y) / c)`, where
-        :math:`c = f(x^+) - f(y) - \langle \nabla f(y), x^+ - y \rangle > D(x^+, y) / \eta` is the curvature the
-        test measured: :math:`D / c` is the largest step that would have passed if :math:`c / D` did not depend on
-        the step (as for small steps), so one retry usually suffices.
+        and shrinks the step to :math:`\rho\eta`. Mirror descent uses the curvature the test measured,
+        :math:`c = f(x^+) - f(y) - \langle \nabla f(y), x^+ - y \rangle`: :math:`D(x^+, y) / c` is the largest
+        step that would have passed if :math:`c / D` did not depend on the step (as for small steps). A rejected
+        trial (:math:`c > D / \eta`) shrinks the step to :math:`\rho \min(\eta, D / c)`, so one retry usually
+        suffices; an accepted one sets the next trial's step to :math:`\rho D / c` clipped to
+        :math:`[\eta, \eta / \rho]`, the same margin below that bound, so the next trial is seldom rejected.
+        On the SVM dual of the benchmarks this takes 522 iterations where growing by :math:`1/\rho` after every
+        acceptance took 720.
         """
         value, grad, stepsize = state.value, state.grad, state.stepsize
         if self.stepsize is not None:
             x_new, trial_value, trial_grad = self._evaluate(problem, y, grad, params, stepsize)
             square = self._step_sums(x_new, y, None)[2]
-            return True, stepsize, x_new, trial_value, trial_grad, square, stepsize, state.grow
-        eta = jnp.where(state.grow, stepsize / self.decrease, stepsize) if self.grows else stepsize
+            return True, stepsize, x_new, trial_value, trial_grad, square, stepsize, state.growth
+        eta = stepsize * state.growth if self.grows else stepsize
         x_new, trial_value, trial_grad = self._evaluate(problem, y, grad, params, eta)
         distance, slope, square = self._step_sums(x_new, y, grad)
         distance, slope = jax.lax.stop_gradient((distance, slope))
@@ -336,9 +341,11 @@ class _ProximalMethod(_MinimizationSolver):
             limit = distance / jnp.where(curvature > 0, curvature, 1)
             limit = jnp.where((curvature > 0) & jnp.isfinite(limit), limit, eta)
             shrunk = self.decrease * jnp.minimum(eta, limit)
+            room = jnp.where((curvature > 0) & jnp.isfinite(limit), self.decrease * limit / eta, jnp.inf)
+            growth = jnp.where(passed & ~rounding, jnp.clip(room, 1, 1 / self.decrease), 1)
         else:
-            shrunk = self.decrease * eta
-        return accept, eta, x_new, trial_value, trial_grad, square, shrunk, passed & ~rounding
+            shrunk, growth = self.decrease * eta, state.growth
+        return accept, eta, x_new, trial_value, trial_grad, square, shrunk, growth
 
     def step(self, problem, x, params, state):
         start = self._start(x, state)
@@ -346,7 +353,7 @@ class _ProximalMethod(_MinimizationSolver):
             # Evaluated here rather than at the end of the previous step, the gradient's last operations fuse with
             # the step map's.
             state = state._replace(grad=jax.grad(problem.objective)(start, params))
-        accept, stepsize, x_trial, value, grad, square, shrunk, grow = self._trial(problem, start, state, params)
+        accept, stepsize, x_trial, value, grad, square, shrunk, growth = self._trial(problem, start, state, params)
 
         def accepted():
             momentum, y, new_value, new_grad = state.momentum, None, value, grad
@@ -357,16 +364,16 @@ class _ProximalMethod(_MinimizationSolver):
                     new_value, new_grad = jax.value_and_grad(problem.objective)(y, params)
             # The gradient mapping at the point the step was taken from comes free: it is the loop's residual.
             residual_norm = jnp.sqrt(square) / stepsize
-            return x_trial, residual_norm, y, new_value, new_grad, momentum, stepsize, jnp.zeros((), jnp.int32), grow
+            return x_trial, residual_norm, y, new_value, new_grad, momentum, stepsize, jnp.zeros((), jnp.int32), growth
 
         def rejected():
             fields = x, state.residual_norm, state.y, state.value, state.grad, state.momentum
-            return *fields, shrunk, state.rejections + 1, jnp.array(False)
+            return *fields, shrunk, state.rejections + 1, jnp.ones_like(state.growth)
 
         # One branch rather than a selection per field: XLA would fuse the acceptance test and the step map into
         # every selection, compiling them once per field of the state.
         taken = accepted() if self.stepsize is not None else jax.lax.cond(accept, accepted, rejected)
-        x_new, residual_norm, y, value, grad, momentum, next_stepsize, rejections, grow = taken
+        x_new, residual_norm, y, value, grad, momentum, next_stepsize, rejections, growth = taken
         return x_new, _ProximalState(
             jax.lax.stop_gradient(residual_norm),
             y,
@@ -375,7 +382,7 @@ class _ProximalMethod(_MinimizationSolver):
             jax.lax.stop_gradient(next_stepsize),
             momentum,
             rejections,
-            jnp.asarray(grow),
+            jax.lax.stop_gradient(growth),
         )
 
     def final_residual(self, problem, x, params, state):
@@ -480,7 +487,7 @@ class MirrorDescent(_ProximalMethod):
     axis: int = -1
 
     # The initial step 1 / L̂ measures curvature in the Euclidean norm, not in the entropy's geometry, where the
-    # admissible step can be much larger: each search first tries to grow the step.
+    # admissible step can be much larger: the step grows after accepted trials (_trial).
     grows = True
 
     def step_map(self, y, grad, params, stepsize):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from conftest import central_difference
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from optimization_problems import (
     simplex_projection,
     squared_loss,
 )
-from sklearn.datasets import load_diabetes
+from sklearn.datasets import load_diabetes, load_digits
 from sklearn.linear_model import Ridge
 from solver_tables import cast
 
@@ -163,6 +164,31 @@ def test_mirror_descent_backtracking_reaches_default_tolerance(dtype):
         on_failure="ignore",
     )
     assert sol.stats.converged, sol.stats
+
+
+def test_mirror_descent_kl_divergence_with_underflowed_entries():
+    # Entries of x⁺ = softmax(log y − ηg) underflow to 0 on the way to a vertex; KL(x‖y) is still finite there.
+    x = jnp.array([0.0, 0.3, 0.7])
+    y = jnp.array([1e-300, 0.5, 0.5])
+    (terms,) = implax.MirrorDescent().distance_terms(x, y)
+    expected = scipy.special.rel_entr(np.asarray(x), np.asarray(y)) - np.asarray(x) + np.asarray(y)
+    np.testing.assert_allclose(terms, expected, rtol=1e-12, atol=1e-300)
+
+
+def test_mirror_descent_converges_on_svm_dual_with_vanishing_entries():
+    # The multiclass SVM dual on digits: most entries of the solution are 0 and underflow on the way. A NaN
+    # divergence there once rejected every trial and collapsed the step, and the solve ran to max_steps.
+    x, labels = load_digits(return_X_y=True)
+    x, y = jnp.asarray(x[:50] / 16.0), jnp.asarray(np.eye(10)[labels[:50]])
+
+    def dual(beta, lam):
+        v = x.T @ (y - beta)
+        return 0.5 / lam * jnp.vdot(v, v) - jnp.vdot(beta, 1 - y)
+
+    solver = implax.MirrorDescent(rtol=1e-5, max_steps=5000)
+    sol = implax.minimize(dual, jnp.full((50, 10), 0.1), 10.0, solver=solver, on_failure="ignore")
+    assert sol.stats.num_steps < 5000 and bool(jnp.all(jnp.isfinite(sol.value))), sol.stats
+    np.testing.assert_allclose(sol.value.sum(axis=1), 1.0, rtol=1e-12)
 
 
 def test_projected_gradient_backtracking_on_simplex_with_active_bound():

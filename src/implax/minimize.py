@@ -334,7 +334,8 @@ class _ProximalMethod(_MinimizationSolver):
         # The decrease a step promises is D(x⁺, y) / η. Once it is below the precision of f the test fails on
         # rounding at every step size, and shrinking would collapse the step (with a gradient mapping that
         # vanishes as if converged): then, and after max_backtracks rejections in a row, the trial is taken,
-        # and the step does not grow at the next one.
+        # and the step does not grow at the next one (nor does it after a step that measured nothing: a step
+        # grown on rounding would grow without bound, and the gradient mapping (y − x⁺)/η vanish with 1/η).
         rounding = distance / eta <= 100 * jnp.finfo(value.dtype).eps * jnp.abs(value)
         accept = passed | rounding | (state.rejections >= self.max_backtracks)
         if self.grows:
@@ -495,10 +496,12 @@ class MirrorDescent(_ProximalMethod):
 
     def distance_terms(self, x, y):
         # KL(x‖y) = Σ y φ(x/y − 1) with φ(u) = (1 + u) log1p(u) − u ≥ 0: no cancellation when x ≈ y.
-        # An entry of y that underflowed to 0 has x = 0 too (the step is multiplicative): its term is 0.
+        # An entry of y that underflowed to 0 has x = 0 too (the step is multiplicative): its term is 0. An entry
+        # of x that underflowed to 0 has u = −1, where φ = 1 (its limit; 0 · log 0 would be NaN).
         positive = y > 0
         u = jnp.where(positive, x / jnp.where(positive, y, 1), 1) - 1
-        return [y * ((1 + u) * jnp.log1p(u) - u)]
+        entropy = jnp.where(x > 0, (1 + u) * jnp.log1p(u), 0)
+        return [y * (entropy - u)]
 
     def init(self, problem, x, params):
         if len(jax.tree.leaves(x)) != 1:

@@ -166,10 +166,12 @@ def test_mirror_descent_backtracking_reaches_default_tolerance(dtype):
     assert sol.stats.converged, sol.stats
 
 
-def test_mirror_descent_kl_divergence_with_underflowed_entries():
-    # Entries of x⁺ = softmax(log y − ηg) underflow to 0 on the way to a vertex; KL(x‖y) is still finite there.
-    x = jnp.array([0.0, 0.3, 0.7])
-    y = jnp.array([1e-300, 0.5, 0.5])
+def test_mirror_descent_kl_divergence_with_extreme_entries():
+    # Entries of x⁺ = softmax(log y − ηg) underflow to 0 on the way to a vertex, and an entry of y near the smallest
+    # normal number may grow to O(1) in one step, where y (1 + u) log1p(u) with u = x/y − 1 overflows: KL(x‖y) is
+    # finite and accurate in both cases.
+    x = jnp.array([0.0, 0.3, 0.4, 0.3])
+    y = jnp.array([1e-300, 1e-307, 0.5, 0.5])
     (terms,) = implax.MirrorDescent().distance_terms(x, y)
     expected = scipy.special.rel_entr(np.asarray(x), np.asarray(y)) - np.asarray(x) + np.asarray(y)
     np.testing.assert_allclose(terms, expected, rtol=1e-12, atol=1e-300)

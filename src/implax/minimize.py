@@ -492,16 +492,18 @@ class MirrorDescent(_ProximalMethod):
     grows = True
 
     def step_map(self, y, grad, params, stepsize):
-        return jax.nn.softmax(jnp.log(y) - stepsize * grad, axis=self.axis)
+        # An entry that underflowed to 0 would stay 0 under the multiplicative step, even where the solution has
+        # it positive: entries are kept at or above the smallest normal number, from which they can grow again.
+        x = jax.nn.softmax(jnp.log(y) - stepsize * grad, axis=self.axis)
+        return jnp.maximum(x, jnp.finfo(x.dtype).tiny)
 
     def distance_terms(self, x, y):
-        # KL(x‖y) = Σ y φ(x/y − 1) with φ(u) = (1 + u) log1p(u) − u ≥ 0: no cancellation when x ≈ y.
-        # An entry of y that underflowed to 0 has x = 0 too (the step is multiplicative): its term is 0. An entry
-        # of x that underflowed to 0 has u = −1, where φ = 1 (its limit; 0 · log 0 would be NaN).
+        # KL(x‖y) = Σ x log(x/y) − x + y, each term written as x log1p(u) − (x − y) with u = x/y − 1: accurate
+        # when x ≈ y (log1p), finite when x ≫ y (y(1 + u) log1p(u) would overflow there, and an infinite D would
+        # pass any trial) and where x underflowed to 0 (0 · log 0 would be NaN).
         positive = y > 0
         u = jnp.where(positive, x / jnp.where(positive, y, 1), 1) - 1
-        entropy = jnp.where(x > 0, (1 + u) * jnp.log1p(u), 0)
-        return [y * (entropy - u)]
+        return [jnp.where(x > 0, x * jnp.log1p(u), 0) - (x - y)]
 
     def init(self, problem, x, params):
         if len(jax.tree.leaves(x)) != 1:

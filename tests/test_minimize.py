@@ -193,6 +193,27 @@ def test_mirror_descent_converges_on_svm_dual_with_vanishing_entries():
     np.testing.assert_allclose(sol.value.sum(axis=1), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("stepsize", [None, 0.4], ids=["searched", "fixed"])
+def test_mirror_descent_reports_the_residual_of_the_point_it_returns(stepsize):
+    # The loop measures the gradient mapping at the point each step starts from; the solve returns that point,
+    # so a solve that stops on its tolerance is converged, and stats.residual holds at the returned x.
+    x, labels = load_digits(return_X_y=True)
+    x, y = jnp.asarray(x[:50] / 16.0), jnp.asarray(np.eye(10)[labels[:50]])
+
+    def dual(beta, lam):
+        v = x.T @ (y - beta)
+        return 0.5 / lam * jnp.vdot(v, v) - jnp.vdot(beta, 1 - y)
+
+    for rtol in (1e-3, 1e-4, 1e-6):
+        solver = implax.MirrorDescent(stepsize=stepsize, rtol=rtol, max_steps=20_000)
+        sol = implax.minimize(dual, jnp.full((50, 10), 0.1), 10.0, solver=solver)
+        assert sol.stats.converged and sol.stats.num_steps < 20_000, (rtol, sol.stats)
+        if stepsize is not None:
+            mapping = implax.conditions.entropic_mirror_step(dual, stepsize)
+            expected = np.linalg.norm(sol.value - mapping(sol.value, 10.0)) / stepsize
+            np.testing.assert_allclose(sol.stats.residual, expected, rtol=1e-8)
+
+
 def test_projected_gradient_backtracking_on_simplex_with_active_bound():
     problem = BY_NAME["simplex_sparse"]
     sol = implax.minimize(problem.objective, jnp.full(4, 0.25), jnp.asarray(problem.params), solver=PROJECTED_SIMPLEX)

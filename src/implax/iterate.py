@@ -97,10 +97,11 @@ class IterativeSolver:
         r""":math:`\|r(x, \theta)\|` at the current iterate, from the state: the norm of ``state.residual``."""
         return tree_norm(state.residual)
 
-    def final_residual(self, problem, x, params, state) -> Any:
-        """The residual at the returned ``x``, or ``None`` when it is ``state.residual`` (the default); solvers
-        whose state holds it elsewhere (at an extrapolated point) recompute it here, once per solve."""
-        return None
+    def solution(self, problem, x, params, state) -> tuple[Any, Any]:
+        """``(x, r)``: the point a solve returns and its residual, ``None`` where that is the loop's (the default:
+        the current iterate). A solver whose loop measures the residual elsewhere (at an extrapolated point, or
+        at the point the last step started from) returns that point, or recomputes the residual, once per solve."""
+        return x, None
 
     def tolerances(self, x):
         leaves = jax.tree.leaves(x)
@@ -156,8 +157,8 @@ def _running(solver, problem, carry, initial_residual):
 
 
 def _finish(solver, problem, params, carry, initial_residual):
-    final = solver.final_residual(problem, carry.x, params, carry.state)
-    x, residual = carry.x, carry.residual if final is None else tree_norm(final)
+    x, final = solver.solution(problem, carry.x, params, carry.state)
+    residual = carry.residual if final is None else tree_norm(final)
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
     # A residual that overflowed is not small, even when the scale ‖x‖ overflowed with it (inf <= inf).

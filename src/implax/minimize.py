@@ -22,8 +22,9 @@ respect to it like the objective.
 Stopping uses the norm of the gradient mapping :math:`G = (y - T_\eta(y)) / \eta` (for :class:`GradientDescent`,
 :math:`\nabla f(y)`) relative to its value at ``x0``; ``stats.residual`` is its norm at the returned ``x``. The
 loop measures it at :math:`y`, the point each step is taken from (the previous iterate, or FISTA's extrapolated
-point), where it is the step itself, :math:`(y - x^+) / \eta`, at no cost; the reported residual is evaluated at
-``x`` once, after the loop.
+point), where it is the step itself, :math:`(y - x^+) / \eta`, at no cost. Without extrapolation the solve
+returns that :math:`y`, whose residual the loop measured (the last step's :math:`x^+` has none); with it, the
+last :math:`x^+`, whose residual is evaluated once, after the loop.
 
 Step sizes come from a backtracking search on the sufficient-decrease test
 
@@ -199,6 +200,7 @@ class _MinimizationSolver(IterativeSolver):
 
 class _ProximalState(NamedTuple):
     residual_norm: jax.Array
+    origin: Any
     y: Any
     value: jax.Array
     grad: Any
@@ -270,13 +272,14 @@ class _ProximalMethod(_MinimizationSolver):
         stepsize = self._initial_stepsize(problem, x, grad, params)
         residual_norm = tree_norm(self._gradient_mapping(x, grad, params, stepsize)[1])
         one = jnp.ones((), stepsize.dtype)
-        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored. Under a fixed
+        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored; the point the
+        # last step started from is, since the loop's residual is its gradient mapping (solution). Under a fixed
         # step, no value is needed and each step evaluates its own gradient (step): neither is stored.
-        y = x if self.accelerated else None
+        y, origin = (x, None) if self.accelerated else (None, x)
         if self.stepsize is not None:
             value, grad = None, None
         growth = one / self.decrease
-        state = _ProximalState(residual_norm, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), growth)
+        state = _ProximalState(residual_norm, origin, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), growth)
         return x, state
 
     def residual_norm(self, state):
@@ -365,18 +368,21 @@ class _ProximalMethod(_MinimizationSolver):
                     new_value, new_grad = jax.value_and_grad(problem.objective)(y, params)
             # The gradient mapping at the point the step was taken from comes free: it is the loop's residual.
             residual_norm = jnp.sqrt(square) / stepsize
-            return x_trial, residual_norm, y, new_value, new_grad, momentum, stepsize, jnp.zeros((), jnp.int32), growth
+            origin = None if self.accelerated else start
+            fields = x_trial, residual_norm, origin, y, new_value, new_grad, momentum
+            return *fields, stepsize, jnp.zeros((), jnp.int32), growth
 
         def rejected():
-            fields = x, state.residual_norm, state.y, state.value, state.grad, state.momentum
+            fields = x, state.residual_norm, state.origin, state.y, state.value, state.grad, state.momentum
             return *fields, shrunk, state.rejections + 1, jnp.ones_like(state.growth)
 
         # One branch rather than a selection per field: XLA would fuse the acceptance test and the step map into
         # every selection, compiling them once per field of the state.
         taken = accepted() if self.stepsize is not None else jax.lax.cond(accept, accepted, rejected)
-        x_new, residual_norm, y, value, grad, momentum, next_stepsize, rejections, growth = taken
+        x_new, residual_norm, origin, y, value, grad, momentum, next_stepsize, rejections, growth = taken
         return x_new, _ProximalState(
             jax.lax.stop_gradient(residual_norm),
+            origin,
             y,
             value,
             grad,
@@ -386,12 +392,15 @@ class _ProximalMethod(_MinimizationSolver):
             jax.lax.stop_gradient(growth),
         )
 
-    def final_residual(self, problem, x, params, state):
-        # The loop's residual is at y (the previous iterate, or FISTA's extrapolation); the reported one is at x,
-        # whose gradient is at hand without extrapolation under a searched step.
-        at_hand = not self.accelerated and self.stepsize is None
-        grad = state.grad if at_hand else jax.grad(problem.objective)(x, params)
-        return self._gradient_mapping(x, grad, params, state.stepsize)[1]
+    def solution(self, problem, x, params, state):
+        # The loop's residual is at y, the point the last step started from. Without extrapolation y is the
+        # previous iterate, returned with that residual: the last step's x⁺ has none measured, and returning it
+        # would report as unconverged a solve that stopped on its tolerance. FISTA's extrapolated y need not be
+        # feasible (for a projection), so x is returned and its residual computed here, once per solve.
+        if not self.accelerated:
+            return state.origin, None
+        grad = jax.grad(problem.objective)(x, params)
+        return x, self._gradient_mapping(x, grad, params, state.stepsize)[1]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -792,34 +792,42 @@ What each implax solver does per iteration (counted in the HLO of the compiled s
 - **(b) FISTA.** implax takes 843 iterations (one of them a rejected trial), JAXopt 1299 (its own rule,
   ‖x⁺ − y‖/η from the extrapolated point, had to be set to 0.5 × the target to reach it, and at 0.3 × it never
   stops: it runs to 20000 steps); implax is faster in both rows. Each iteration is one trial: the step map, f at
-  the trial and the test, then f and ∇f at the extrapolated point; a rejected trial is an iteration that leaves x
-  in place and halves the step, so the search has no loop of its own: the solve is one `while_loop` whose body
-  ends in one `cond`, taking the trial's state or keeping the old one with a smaller step (before: a
-  `jnp.where` per field of the state, into each of which XLA fused the whole acceptance test and the step map,
-  510 operations in the solve's fused kernels against 335 now and JAXopt's 309). The loop stops on the step
-  just taken, (y − x⁺)/η, which costs nothing; the residual at the returned x is computed once, after the loop.
-  Compiled HLO: the solve has 43 kernels against JAXopt's 48, the hypergradient 77 against 86. Compiled alone,
-  12 rounds interleaved with the garbage collector off (fastest of each run, two runs), the solve takes
-  0.45–0.48 s against 0.34–0.36 s: of that, tracing and lowering 66 ms against 43 ms (48 ms for implax's loop
-  alone, without its input checks and the implicit-differentiation wrapper), and XLA the rest, which the
-  kernel count does not explain. The hypergradients compile in 0.85–0.91 s against 0.85–0.92 s there; its
-  backward pass is a dense LU of the 55 × 55 Jacobian of the prox-gradient step, with its residual check and
-  failure report, where JAXopt runs normal CG without a check.
-- **(c) Mirror descent.** The step grows by 2 after each accepted trial; a rejected trial shrinks it to
-  ½ min(η, D/c), with D the KL divergence of the trial from y and c = f(x⁺) − f(y) − ⟨∇f(y), x⁺ − y⟩ the
-  curvature the test measured (D/c is the largest step that would have passed were c/D independent of the
-  step), so a retry usually passes. implax takes 720 iterations, rejected trials included (before: 448 steps
-  with about 2.5 trials of f in each step's search loop, and two more step maps per step), against JAXopt's 986
-  at its fixed step η = λ/maxᵢ‖xᵢ‖² = 0.444, the step from the data's ℓ1 smoothness that implax's generic
-  solver does not know. Given that step (`MirrorDescent(stepsize=η)`, the "fixed η" row) implax takes JAXopt's
-  986 iterations in its time. The searched solve went from ×1.75 of JAXopt's time to parity (×0.98–1.16
-  across runs on this shared machine): an implax iteration also evaluates f, the KL divergence
-  and the test, and its trials are fewer but not half as many.
-  Compile time: the searched solve compiles in about twice the time of the fixed-step one, 59 fusions against 26
-  (JAXopt 25): the initial curvature estimate, f and the KL divergence at each trial, the test and the selection
-  of the accepted trial's state. The hypergradient adds GMRES on the 500 unknowns of the fixed-point system
-  (`linear.Auto`), where JAXopt runs normal CG: 143 fusions, 110 with the fixed step, against JAXopt's 95
-  (before 159 and 121, with 34 kernels in GMRES's Arnoldi step, now 24).
+  the trial and the test, then f and ∇f at the extrapolated point. A rejected trial is an iteration that leaves
+  x in place and halves the step, so the search has no loop of its own: one `while_loop` whose body ends in one
+  `cond`. The test's two sums and the residual's norm, √‖x⁺ − y‖² / η, come from one reduction, so the loop
+  stores no residual vector and reduces nothing else (13 kernels in the loop body, 11 in the accepted branch).
+  The solve has 46 kernels against JAXopt's 54, the hypergradient 90 against 106; the compile times stay above
+  JAXopt's. The difference is in the setup before the loop, which JAXopt does not have: the gradient at x0, the
+  gradient mapping there (the scale of the relative stopping rule), and the first step 1/L̂ from one
+  Hessian-vector product (9 kernels), which makes the step search invariant to the scale of f. Without that
+  product (a first step of 1, as JAXopt's) the solve has 37 kernels and compiled in 0.54 s against JAXopt's
+  0.63 s in one process, but a problem scaled down by 1e-6 would then start from a step a million times too
+  small, which a search that never increases the step (as FISTA needs) cannot recover. Replacing the product
+  by a step measured on the first trial kept that invariance but added its test to the loop: 48 kernels, no
+  faster to compile. The hypergradient's backward pass is a dense LU of the 55 × 55 Jacobian of the
+  prox-gradient step, with its residual check and failure report, where JAXopt runs normal CG without a check.
+- **(c) Mirror descent.** A rejected trial shrinks the step to ½ min(η, D/c), with D the KL divergence of the
+  trial from y and c = f(x⁺) − f(y) − ⟨∇f(y), x⁺ − y⟩ the curvature the test measured (D/c is the largest step
+  that would have passed were c/D independent of the step); an accepted one sets the next trial's step to
+  ½ D/c, clipped to [η, 2η]. implax takes 539 iterations, rejected trials included (720 when the step grew by 2
+  after every accepted trial), against JAXopt's 986 at its fixed step η = λ/maxᵢ‖xᵢ‖² = 0.444, the step from
+  the data's ℓ1 smoothness that implax's generic solver does not know; implax's solve is the faster. Given that
+  step (`MirrorDescent(stepsize=η)`, the "fixed η" row) implax runs JAXopt's algorithm: 986 iterations, 13
+  kernels in the loop body against JAXopt's 13 (the gradient is evaluated at the start of each step, where its
+  last operations fuse with the step map), 29 kernels in all against 30, in about its time; its compile time
+  stays above JAXopt's by about 0.05–0.1 s at that equal program size. The searched solve compiles in twice the
+  fixed-step one's time (61 kernels): the initial curvature estimate, f and the KL divergence at each trial,
+  the test and the `cond` between the accepted and rejected states. The hypergradient adds GMRES on the 500
+  unknowns of the fixed-point system (`linear.Auto`), where JAXopt runs normal CG without a residual check.
+  Measured in one process on that hypergradient, the backward solves compiled in 2.85 s (GMRES, 157 kernels),
+  2.54 s (BiCGSTAB), 2.75 s (normal CG, 165 kernels, and 7× slower to run: it squares the condition number) and
+  2.17 s (dense LU, 126 kernels), against JAXopt's 2.02 s (118 kernels): most of the gap is the forward solve.
+  Three defects of the searched solve were found on this problem and fixed, each with a test: an entry of x⁺
+  that underflowed to 0 made D NaN (every trial then failed, the step collapsed to rounding level and the solve
+  ran to max_steps at rtol 1e-5); an entry near the smallest normal number that grew to O(1) in one step
+  overflowed D to infinity (which passes any trial; f then rose with the step fixed); and the solve returned
+  the last step's x⁺ rather than the point whose residual the loop had measured, so a solve that stopped on its
+  tolerance could report converged=False.
   The dual is degenerate at realistic sizes (n > 64 samples makes XXᵀ singular): at n = 500 none of the mirror
   or projected methods reached 1e-4 in 20000 steps, hence n = 50 and the looser target 1e-4 for (c). At that
   tolerance every row's hypergradient is only accurate to a few 1e-2 (the rel. error column), implax

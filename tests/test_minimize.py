@@ -214,6 +214,25 @@ def test_mirror_descent_reports_the_residual_of_the_point_it_returns(stepsize):
             np.testing.assert_allclose(sol.stats.residual, expected, rtol=1e-8)
 
 
+@pytest.mark.parametrize("steps", [3, 40])
+def test_keep_best_pairs_the_point_with_its_residual_without_extrapolation(steps):
+    # The loop's residual is the gradient mapping at the point each step starts from; keep_best keeps that point.
+    x, y = load_diabetes(return_X_y=True)
+    x, y = jnp.asarray((x - x.mean(0)) / x.std(0)), jnp.asarray((y - y.mean()) / y.std())
+
+    def f(w, lam):
+        return 0.5 * jnp.mean((x @ w - y) ** 2)
+
+    def prox(v, lam, step):
+        return implax.prox.l1(v, step * lam)
+
+    solver = implax.ProximalGradient(prox, stepsize=0.05, acceleration=False, keep_best=True, max_steps=steps)
+    sol = implax.minimize(f, jnp.zeros(x.shape[1]), 0.01, solver=solver, on_failure="ignore")
+    step = implax.conditions.proximal_gradient_step(f, prox, 0.05)
+    expected = np.linalg.norm(sol.value - step(sol.value, 0.01)) / 0.05
+    np.testing.assert_allclose(sol.stats.residual, expected, rtol=1e-10)
+
+
 def test_projected_gradient_backtracking_on_simplex_with_active_bound():
     problem = BY_NAME["simplex_sparse"]
     sol = implax.minimize(problem.objective, jnp.full(4, 0.25), jnp.asarray(problem.params), solver=PROJECTED_SIMPLEX)

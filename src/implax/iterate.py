@@ -97,6 +97,10 @@ class IterativeSolver:
         r""":math:`\|r(x, \theta)\|` at the current iterate, from the state: the norm of ``state.residual``."""
         return tree_norm(state.residual)
 
+    def measured_point(self, x, state) -> Any:
+        """The point whose residual ``residual_norm(state)`` is, which ``keep_best`` keeps: the iterate ``x``."""
+        return x
+
     def solution(self, problem, x, params, state) -> tuple[Any, Any]:
         """``(x, r)``: the point a solve returns and its residual, ``None`` where that is the loop's (the default:
         the current iterate). A solver whose loop measures the residual elsewhere (at an extrapolated point, or
@@ -130,7 +134,7 @@ def _start(solver, problem, x0, params):
     residual = solver.residual_norm(state)
     zero = jnp.zeros((), jnp.int32)
     # Without keep_best the best iterate is not tracked (None is an empty pytree): it costs compile time.
-    best_x, best_residual = (x, residual) if solver.keep_best else (None, None)
+    best_x, best_residual = (solver.measured_point(x, state), residual) if solver.keep_best else (None, None)
     return _Carry(x, state, residual, zero, best_x, best_residual), residual
 
 
@@ -140,7 +144,7 @@ def _advance(solver, problem, params, carry):
     best_x, best_residual = carry.best_x, carry.best_residual
     if solver.keep_best:
         better = residual < best_residual
-        best_x = jax.tree.map(lambda new, old: jnp.where(better, new, old), x, best_x)
+        best_x = jax.tree.map(lambda new, old: jnp.where(better, new, old), solver.measured_point(x, state), best_x)
         best_residual = jnp.where(better, residual, best_residual)
     return _Carry(x, state, residual, carry.num_steps + 1, best_x, best_residual)
 

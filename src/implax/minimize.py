@@ -392,6 +392,11 @@ class _ProximalMethod(_MinimizationSolver):
             jax.lax.stop_gradient(growth),
         )
 
+    def measured_point(self, x, state):
+        # Without extrapolation, the previous iterate (solution). With it, the residual is measured at the
+        # extrapolated y, which need not be feasible: keep_best keeps x, the trial taken from that y.
+        return x if self.accelerated else state.origin
+
     def solution(self, problem, x, params, state):
         # The loop's residual is at y, the point the last step started from. Without extrapolation y is the
         # previous iterate, returned with that residual: the last step's x⁺ has none measured, and returning it

@@ -12,8 +12,8 @@ would declare a problem scaled down by 1e-6 solved at its initial guess.
 A solver is an immutable configuration with ``init(problem, x0, params) -> (x, state)`` and
 ``step(problem, x, params, state) -> (x, state)``; every state has a ``residual`` field holding
 :math:`r(x, \theta)` at the current iterate (or, for a solver that overrides ``residual_norm``, its norm), so
-the loop never evaluates the problem itself. Solvers contain
-iteration logic only: how the result is differentiated is the policy's business (:mod:`implax.policies`).
+the loop never evaluates the problem itself. Solvers contain iteration logic only: how the result is
+differentiated is the policy's business (:mod:`implax.policies`).
 """
 
 from __future__ import annotations

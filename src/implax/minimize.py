@@ -30,11 +30,13 @@ Step sizes come from a backtracking search on the sufficient-decrease test
 
 .. math:: f(x^+) \le f(y) + \langle \nabla f(y), x^+ - y\rangle + \tfrac{1}{\eta} D(x^+, y),
 
-with :math:`D = \frac12\|\cdot\|^2` (Euclidean methods) or the Kullback–Leibler divergence (mirror descent),
-starting from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|` at ``x0``. The
-Euclidean methods never increase it (which FISTA's convergence needs); mirror descent, whose geometry that
-estimate does not measure, may grow it after each accepted trial, up to :math:`1/\rho` times, as far as the
-curvature that trial measured allows (:meth:`_ProximalMethod._trial`). Each trial is one iteration of
+with :math:`D = \frac12\|\cdot\|^2` (Euclidean methods) or the Kullback–Leibler divergence (mirror descent).
+The Euclidean methods start from :math:`1 / \hat L`, :math:`\hat L = \|\nabla^2 f\, \nabla f\| / \|\nabla f\|`
+at ``x0``, and never increase the step (which FISTA's convergence needs). Mirror descent starts from the step
+that moves no log-ratio :math:`\log(x_i / x_j)` of a simplex by more than 1,
+:math:`1 / (\max_i \partial_i f - \min_i \partial_i f)`, and may grow it after each accepted trial, up to
+:math:`1/\rho` times, as far as the curvature that trial measured allows (:meth:`_ProximalMethod._trial`).
+Both starts are invariant to the scale of :math:`f`. Each trial is one iteration of
 the solver's loop: an accepted trial is the step, a rejected one leaves ``x`` in place and shrinks the step, so
 ``stats.num_steps`` counts both.
 """
@@ -515,9 +517,19 @@ class MirrorDescent(_ProximalMethod):
 
     axis: int = -1
 
-    # The initial step 1 / L̂ measures curvature in the Euclidean norm, not in the entropy's geometry, where the
-    # admissible step can be much larger: the step grows after accepted trials (_trial).
+    # The step grows after accepted trials (_trial): its start measures no curvature.
     grows = True
+
+    def _initial_stepsize(self, problem, x, grad, params):
+        # A step η changes log(x_i / x_j) by η (∂_j f − ∂_i f): 1 over the spread max ∂f − min ∂f of the gradient
+        # moves each by at most 1. It is the entropy's own scale, where 1 / L̂ (one Hessian-vector product, 4 more
+        # kernels) measures the Euclidean one; on the SVM dual of the benchmarks it takes 497 iterations to 543.
+        # A constant gradient is stationary on the simplex: then the step is 1.
+        if self.stepsize is not None:
+            return super()._initial_stepsize(problem, x, grad, params)
+        spread = jnp.max(grad) - jnp.min(grad)
+        usable = (spread > 0) & jnp.isfinite(spread)
+        return jax.lax.stop_gradient(jnp.where(usable, 1 / jnp.where(usable, spread, 1), 1)).astype(x.dtype)
 
     def step_map(self, y, grad, params, stepsize):
         # An entry that underflowed to 0 would stay 0 under the multiplicative step, even where the solution has
@@ -526,12 +538,16 @@ class MirrorDescent(_ProximalMethod):
         return jnp.maximum(x, jnp.finfo(x.dtype).tiny)
 
     def distance_terms(self, x, y):
-        # KL(x‖y) = Σ x log(x/y) − x + y, each term written as x log1p(u) − (x − y) with u = x/y − 1: accurate
-        # when x ≈ y (log1p), finite when x ≫ y (y(1 + u) log1p(u) would overflow there, and an infinite D would
-        # pass any trial) and where x underflowed to 0 (0 · log 0 would be NaN).
+        # KL(x‖y) = Σ x log(x/y) − x + y. Near x = y the log is log1p(u), u = (x − y)/y, accurate where x/y − 1
+        # would cancel; elsewhere it is log(x/y), since 1 + u rounds to 0 when x ≪ y (x at `tiny`, y at 1e-200) and
+        # log1p(u) would be −inf, an infinite negative D that passes any trial. Each term is x log(x/y) − (x − y):
+        # y(1 + u) log1p(u) would overflow where x ≫ y, and 0 · log 0 be NaN where x underflowed to 0.
         positive = y > 0
-        u = jnp.where(positive, x / jnp.where(positive, y, 1), 1) - 1
-        return [jnp.where(x > 0, x * jnp.log1p(u), 0) - (x - y)]
+        safe_y = jnp.where(positive, y, 1)
+        ratio = jnp.where(positive, x / safe_y, 1)
+        u = jnp.where(positive, (x - y) / safe_y, 0)
+        log_ratio = jnp.where(jnp.abs(u) < 0.5, jnp.log1p(u), jnp.log(jnp.where(ratio > 0, ratio, 1)))
+        return [jnp.where(x > 0, x * log_ratio, 0) - (x - y)]
 
     def init(self, problem, x, params):
         if len(jax.tree.leaves(x)) != 1:

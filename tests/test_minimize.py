@@ -181,17 +181,23 @@ def test_mirror_descent_kl_divergence_with_extreme_entries():
     np.testing.assert_allclose(terms, expected, rtol=1e-12, atol=1e-300)
 
 
-@pytest.mark.parametrize("scale", [1e-6, 1e6])
-def test_mirror_descent_search_is_invariant_to_the_scale_of_f(scale):
-    # The first step 1 / (max ∂f − min ∂f) and the backtracking test scale with 1/c for c·f. The trials are the
-    # same up to rounding, which the acceptance test amplifies over a thousand steps: the counts agree to 20%.
+def _svm_dual(n):
+    """The multiclass SVM dual on the first ``n`` digits, ``dual(beta, lam)``, over a product of simplices."""
     x, labels = load_digits(return_X_y=True)
-    x, y = jnp.asarray(x[:30] / 16.0), jnp.asarray(np.eye(10)[labels[:30]])
+    x, y = jnp.asarray(x[:n] / 16.0), jnp.asarray(np.eye(10)[labels[:n]])
 
     def dual(beta, lam):
         v = x.T @ (y - beta)
         return 0.5 / lam * jnp.vdot(v, v) - jnp.vdot(beta, 1 - y)
 
+    return dual
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_mirror_descent_search_is_invariant_to_the_scale_of_f(scale):
+    # The first step 1 / (max ∂f − min ∂f) and the backtracking test scale with 1/c for c·f. The trials are the
+    # same up to rounding, which the acceptance test amplifies over a thousand steps: the counts agree to 20%.
+    dual = _svm_dual(30)
     solver = implax.MirrorDescent(rtol=1e-6, max_steps=5000)
     x0 = jnp.full((30, 10), 0.1)
     reference = implax.minimize(dual, x0, 10.0, solver=solver)
@@ -205,13 +211,7 @@ def test_mirror_descent_search_is_invariant_to_the_scale_of_f(scale):
 def test_mirror_descent_converges_on_svm_dual_with_vanishing_entries():
     # The multiclass SVM dual on digits: most entries of the solution are 0 and underflow on the way. A NaN
     # divergence there once rejected every trial and collapsed the step, and the solve ran to max_steps.
-    x, labels = load_digits(return_X_y=True)
-    x, y = jnp.asarray(x[:50] / 16.0), jnp.asarray(np.eye(10)[labels[:50]])
-
-    def dual(beta, lam):
-        v = x.T @ (y - beta)
-        return 0.5 / lam * jnp.vdot(v, v) - jnp.vdot(beta, 1 - y)
-
+    dual = _svm_dual(50)
     solver = implax.MirrorDescent(rtol=1e-5, max_steps=5000)
     sol = implax.minimize(dual, jnp.full((50, 10), 0.1), 10.0, solver=solver, on_failure="ignore")
     assert sol.stats.num_steps < 5000 and bool(jnp.all(jnp.isfinite(sol.value))), sol.stats
@@ -222,13 +222,7 @@ def test_mirror_descent_converges_on_svm_dual_with_vanishing_entries():
 def test_mirror_descent_reports_the_residual_of_the_point_it_returns(stepsize):
     # The loop measures the gradient mapping at the point each step starts from; the solve returns that point,
     # so a solve that stops on its tolerance is converged, and stats.residual holds at the returned x.
-    x, labels = load_digits(return_X_y=True)
-    x, y = jnp.asarray(x[:50] / 16.0), jnp.asarray(np.eye(10)[labels[:50]])
-
-    def dual(beta, lam):
-        v = x.T @ (y - beta)
-        return 0.5 / lam * jnp.vdot(v, v) - jnp.vdot(beta, 1 - y)
-
+    dual = _svm_dual(50)
     for rtol in (1e-3, 1e-4, 1e-6):
         solver = implax.MirrorDescent(stepsize=stepsize, rtol=rtol, max_steps=20_000)
         sol = implax.minimize(dual, jnp.full((50, 10), 0.1), 10.0, solver=solver)

@@ -163,10 +163,10 @@ def in_dtype_of_x(f: Callable) -> Callable:
     """``f`` with its value cast to the floating dtype of ``x`` (a float64 constant in ``f`` would promote it, and
     line searches compare values with quantities in ``x``'s dtype), under :func:`jax.jit`.
 
-    A solve takes ``f`` and its gradient at several places (the checks, the initial step, each trial, the
-    condition). Through one jitted function they share one trace of ``f``, and JAX caches the JVP and transpose
-    of that trace, where each call of the plain function would trace ``f`` and differentiate it anew: on the
-    lasso of the benchmarks the solve traces in 71 ms instead of 112."""
+    A solve takes ``f`` and its gradient at several places (the condition's shape check, the initial step, each
+    trial, the condition). Through one jitted function they share one trace of ``f``, and JAX caches the JVP and
+    transpose of that trace, where each call of the plain function would trace ``f`` and differentiate it anew:
+    on the lasso of the benchmarks the solve traces in 71 ms instead of 112."""
 
     def cast(x, params):
         leaves = jax.tree.leaves(x)

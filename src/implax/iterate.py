@@ -161,10 +161,11 @@ def _running(solver, problem, carry, initial_residual):
 
 
 def _finish(solver, problem, params, carry, initial_residual):
-    x, final = solver.solution(problem, carry.x, params, carry.state)
-    residual = carry.residual if final is None else tree_norm(final)
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
+    else:
+        x, final = solver.solution(problem, carry.x, params, carry.state)
+        residual = carry.residual if final is None else tree_norm(final)
     # A residual that overflowed is not small, even when the scale ‖x‖ overflowed with it (inf <= inf).
     converged = jnp.isfinite(residual) & (residual <= _threshold(solver, problem, x, initial_residual))
     stats = Stats(

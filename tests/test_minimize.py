@@ -254,6 +254,57 @@ def test_keep_best_pairs_the_point_with_its_residual_without_extrapolation(steps
     np.testing.assert_allclose(sol.stats.residual, expected, rtol=1e-10)
 
 
+def test_the_stopping_scale_is_the_first_steps_residual_at_x0():
+    # The first step measures the gradient mapping at x0, which is the scale of the relative stopping rule; the
+    # solve stops at the first step whose residual is below rtol times it. With max_steps = 0 init measures it.
+    x, y = load_diabetes(return_X_y=True)
+    x, y = jnp.asarray((x - x.mean(0)) / x.std(0)), jnp.asarray((y - y.mean()) / y.std())
+
+    def f(w, lam):
+        return 0.5 * jnp.mean((x @ w - y) ** 2)
+
+    def prox(v, lam, step):
+        return implax.prox.l1(v, step * lam)
+
+    def solve(max_steps):
+        solver = implax.ProximalGradient(prox, stepsize=0.05, acceleration=False, rtol=1e-3, max_steps=max_steps)
+        return implax.minimize(f, jnp.zeros(x.shape[1]), 0.01, solver=solver, on_failure="ignore")
+
+    step = implax.conditions.proximal_gradient_step(f, prox, 0.05)
+    scale = np.linalg.norm(step(jnp.zeros(x.shape[1]), 0.01)) / 0.05
+    sol = solve(1000)
+    assert sol.stats.converged and sol.stats.residual <= 1e-3 * scale, sol.stats
+    before = solve(int(sol.stats.num_steps) - 1)
+    assert not before.stats.converged and before.stats.residual > 1e-3 * scale, before.stats
+    start = solve(0)
+    assert int(start.stats.num_steps) == 0 and not start.stats.converged
+    np.testing.assert_array_equal(start.value, np.zeros(x.shape[1]))
+    np.testing.assert_allclose(start.stats.residual, scale, rtol=1e-12)
+
+
+def test_a_rejected_first_trial_measures_the_stopping_scale():
+    # Mirror descent's first trial, at η₀ / ρ with η₀ = 1 / (max ∂f − min ∂f), is rejected here. It still measures
+    # the gradient mapping at x0, at that trial's step, and the solve stops relative to it.
+    def f(x, c):
+        return jnp.exp(10 * jnp.sum((x - c) ** 2))
+
+    c, x0 = jnp.asarray([0.2, 0.3, 0.5]), jnp.full(3, 1 / 3)
+
+    def solve(max_steps):
+        solver = implax.MirrorDescent(rtol=1e-8, max_steps=max_steps)
+        return implax.minimize(f, x0, c, solver=solver, on_failure="ignore")
+
+    # After two steps the returned point (where the second step started) is still x0: the first was rejected.
+    np.testing.assert_array_equal(solve(2).value, x0)
+    g = jax.grad(f)(x0, c)
+    eta = 1 / (g.max() - g.min()) / 0.5
+    scale = np.linalg.norm(x0 - implax.conditions.entropic_mirror_step(f, eta)(x0, c)) / eta
+    np.testing.assert_allclose(solve(1).stats.residual, scale, rtol=1e-12)
+    sol = solve(1000)
+    assert sol.stats.converged and sol.stats.residual <= 1e-8 * scale, sol.stats
+    np.testing.assert_allclose(sol.value, c, atol=1e-7)
+
+
 def test_projected_gradient_backtracking_on_simplex_with_active_bound():
     problem = BY_NAME["simplex_sparse"]
     sol = implax.minimize(problem.objective, jnp.full(4, 0.25), jnp.asarray(problem.params), solver=PROJECTED_SIMPLEX)

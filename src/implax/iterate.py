@@ -12,8 +12,10 @@ would declare a problem scaled down by 1e-6 solved at its initial guess.
 A solver is an immutable configuration with ``init(problem, x0, params) -> (x, state)`` and
 ``step(problem, x, params, state) -> (x, state)``; every state has a ``residual`` field holding
 :math:`r(x, \theta)` at the current iterate (or, for a solver that overrides ``residual_norm``, its norm), so
-the loop never evaluates the problem itself. Solvers contain iteration logic only: how the result is
-differentiated is the policy's business (:mod:`implax.policies`).
+the loop never evaluates the problem itself. A solver whose every step measures the residual at the point it
+starts from (the iterate before it) may leave the residual at ``x0`` to its first step (``defers_scale``): the
+loop then takes :math:`s` from that first measurement, and ``init`` need not evaluate the problem. Solvers
+contain iteration logic only: how the result is differentiated is the policy's business (:mod:`implax.policies`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ class IterativeSolver:
     def check_problem(self, problem) -> None:
         """Raises ``TypeError`` if this solver cannot solve ``problem``'s kind."""
 
+    def defers_scale(self) -> bool:
+        """Whether ``init`` leaves the residual unmeasured (NaN) and the first step measures it at ``x0``.
+
+        Only a solver whose every step measures the residual at its starting point may say so, and only with
+        ``max_steps > 0``: then the stopping scale is the first step's residual, and its measurement at init
+        would be the same computation twice."""
+        return False
+
     def residual_norm(self, state) -> jax.Array:
         r""":math:`\|r(x, \theta)\|` at the current iterate, from the state: the norm of ``state.residual``."""
         return tree_norm(state.residual)
@@ -119,13 +129,16 @@ class _Carry:
     x: Any
     state: Any
     residual: jax.Array
+    initial_residual: jax.Array
     num_steps: jax.Array
     best_x: Any
     best_residual: jax.Array | None
 
 
 jax.tree_util.register_dataclass(
-    _Carry, data_fields=["x", "state", "residual", "num_steps", "best_x", "best_residual"], meta_fields=[]
+    _Carry,
+    data_fields=["x", "state", "residual", "initial_residual", "num_steps", "best_x", "best_residual"],
+    meta_fields=[],
 )
 
 
@@ -133,20 +146,25 @@ def _start(solver, problem, x0, params):
     x, state = solver.init(problem, x0, params)
     residual = solver.residual_norm(state)
     zero = jnp.zeros((), jnp.int32)
-    # Without keep_best the best iterate is not tracked (None is an empty pytree): it costs compile time.
-    best_x, best_residual = (solver.measured_point(x, state), residual) if solver.keep_best else (None, None)
-    return _Carry(x, state, residual, zero, best_x, best_residual), residual
+    # Without keep_best the best iterate is not tracked (None is an empty pytree): it costs compile time. An
+    # unmeasured residual is worse than any measured one.
+    best_residual = jnp.full_like(residual, jnp.inf) if solver.defers_scale() else residual
+    best_x, best_residual = (solver.measured_point(x, state), best_residual) if solver.keep_best else (None, None)
+    return _Carry(x, state, residual, residual, zero, best_x, best_residual)
 
 
 def _advance(solver, problem, params, carry):
     x, state = solver.step(problem, carry.x, params, carry.state)
     residual = solver.residual_norm(state)
+    initial_residual = carry.initial_residual
+    if solver.defers_scale():
+        initial_residual = jnp.where(carry.num_steps == 0, residual, initial_residual)
     best_x, best_residual = carry.best_x, carry.best_residual
     if solver.keep_best:
         better = residual < best_residual
         best_x = jax.tree.map(lambda new, old: jnp.where(better, new, old), solver.measured_point(x, state), best_x)
         best_residual = jnp.where(better, residual, best_residual)
-    return _Carry(x, state, residual, carry.num_steps + 1, best_x, best_residual)
+    return _Carry(x, state, residual, initial_residual, carry.num_steps + 1, best_x, best_residual)
 
 
 def _threshold(solver, problem, x, initial_residual):
@@ -155,19 +173,21 @@ def _threshold(solver, problem, x, initial_residual):
     return atol if rtol == 0 else atol + rtol * problem.scale(x, initial_residual)
 
 
-def _running(solver, problem, carry, initial_residual):
-    threshold = _threshold(solver, problem, carry.x, initial_residual)
-    return (carry.residual > threshold) & jnp.isfinite(carry.residual)
+def _running(solver, problem, carry):
+    threshold = _threshold(solver, problem, carry.x, carry.initial_residual)
+    running = (carry.residual > threshold) & jnp.isfinite(carry.residual)
+    # Before its first step, a solver that defers the scale has measured nothing.
+    return running | (carry.num_steps == 0) if solver.defers_scale() else running
 
 
-def _finish(solver, problem, params, carry, initial_residual):
+def _finish(solver, problem, params, carry):
     if solver.keep_best:
         x, residual = carry.best_x, carry.best_residual
     else:
         x, final = solver.solution(problem, carry.x, params, carry.state)
         residual = carry.residual if final is None else tree_norm(final)
     # A residual that overflowed is not small, even when the scale ‖x‖ overflowed with it (inf <= inf).
-    converged = jnp.isfinite(residual) & (residual <= _threshold(solver, problem, x, initial_residual))
+    converged = jnp.isfinite(residual) & (residual <= _threshold(solver, problem, x, carry.initial_residual))
     stats = Stats(
         num_steps=carry.num_steps,
         residual=residual,
@@ -185,13 +205,13 @@ def iterate(solver: IterativeSolver, problem, x0, params):
     Returns:
       ``(x, stats)``.
     """
-    carry, initial_residual = _start(solver, problem, x0, params)
+    carry = _start(solver, problem, x0, params)
 
     def cond(carry):
-        return (carry.num_steps < solver.max_steps) & _running(solver, problem, carry, initial_residual)
+        return (carry.num_steps < solver.max_steps) & _running(solver, problem, carry)
 
     carry = jax.lax.while_loop(cond, lambda carry: _advance(solver, problem, params, carry), carry)
-    return _finish(solver, problem, params, carry, initial_residual)
+    return _finish(solver, problem, params, carry)
 
 
 def iterate_unrolled(solver: IterativeSolver, problem, x0, params):
@@ -199,12 +219,12 @@ def iterate_unrolled(solver: IterativeSolver, problem, x0, params):
 
     Once converged (or non-finite), the iterate is frozen: the remaining steps are computed and discarded.
     """
-    carry, initial_residual = _start(solver, problem, x0, params)
+    carry = _start(solver, problem, x0, params)
 
     def body(carry, _):
-        running = _running(solver, problem, carry, initial_residual)
+        running = _running(solver, problem, carry)
         advanced = _advance(solver, problem, params, carry)
         return jax.tree.map(lambda new, old: jnp.where(running, new, old), advanced, carry), None
 
     carry, _ = jax.lax.scan(body, carry, length=solver.max_steps)
-    return _finish(solver, problem, params, carry, initial_residual)
+    return _finish(solver, problem, params, carry)

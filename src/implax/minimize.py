@@ -22,7 +22,8 @@ respect to it like the objective.
 Stopping uses the norm of the gradient mapping :math:`G = (y - T_\eta(y)) / \eta` (for :class:`GradientDescent`,
 :math:`\nabla f(y)`) relative to its value at ``x0``; ``stats.residual`` is its norm at the returned ``x``. The
 loop measures it at :math:`y`, the point each step is taken from (the previous iterate, or FISTA's extrapolated
-point), where it is the step itself, :math:`(y - x^+) / \eta`, at no cost. Without extrapolation the solve
+point), where it is the step itself, :math:`(y - x^+) / \eta`, at no cost; its value at ``x0`` is the first
+step's, at that trial's :math:`\eta` even when the trial is rejected. Without extrapolation the solve
 returns that :math:`y`, whose residual the loop measured (the last step's :math:`x^+` has none); with it, the
 last :math:`x^+`, whose residual is evaluated once, after the loop.
 
@@ -283,17 +284,27 @@ class _ProximalMethod(_MinimizationSolver):
         x_new = self.step_map(y, grad, params, stepsize)
         return x_new, tree_scale(1 / stepsize, tree_sub(y, x_new))
 
+    def defers_scale(self):
+        # Each step measures the gradient mapping at its starting point, the first at x0.
+        return self.max_steps > 0
+
     def init(self, problem, x, params):
-        value, grad = jax.value_and_grad(problem.objective)(x, params)
+        # Under a fixed step, no value is needed and each step evaluates its own gradient (step): neither is
+        # stored, and init evaluates f only when max_steps = 0, for the residual at x0 the solve then returns.
+        value, grad = None, None
+        if self.stepsize is None or not self.defers_scale():
+            value, grad = jax.value_and_grad(problem.objective)(x, params)
         stepsize = self._initial_stepsize(problem, x, grad, params)
-        residual_norm = tree_norm(self._gradient_mapping(x, grad, params, stepsize)[1])
-        one = jnp.ones((), stepsize.dtype)
-        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored; the point the
-        # last step started from is, since the loop's residual is its gradient mapping (solution). Under a fixed
-        # step, no value is needed and each step evaluates its own gradient (step): neither is stored.
-        y, origin = (x, None) if self.accelerated else (None, x)
+        if self.defers_scale():
+            residual_norm = jnp.full((), jnp.nan, stepsize.dtype)
+        else:
+            residual_norm = tree_norm(self._gradient_mapping(x, grad, params, stepsize)[1])
         if self.stepsize is not None:
             value, grad = None, None
+        one = jnp.ones((), stepsize.dtype)
+        # Without extrapolation each step starts at the iterate itself: y is x, and is not stored; the point the
+        # last step started from is, since the loop's residual is its gradient mapping (solution).
+        y, origin = (x, None) if self.accelerated else (None, x)
         growth = one / self.decrease
         state = _ProximalState(residual_norm, origin, y, value, grad, stepsize, one, jnp.zeros((), jnp.int32), growth)
         return x, state
@@ -389,7 +400,11 @@ class _ProximalMethod(_MinimizationSolver):
             return *fields, stepsize, jnp.zeros((), jnp.int32), growth
 
         def rejected():
-            fields = x, state.residual_norm, state.origin, state.y, state.value, state.grad, state.momentum
+            # The first trial measures the gradient mapping at x0 even when it is rejected, at a step too long:
+            # there it is smaller (for the Euclidean methods ‖G_η‖ decreases with η), so the stopping rule's
+            # scale errs on the strict side.
+            measured = jnp.where(jnp.isnan(state.residual_norm), jnp.sqrt(square) / stepsize, state.residual_norm)
+            fields = x, measured, state.origin, state.y, state.value, state.grad, state.momentum
             return *fields, shrunk, state.rejections + 1, jnp.ones_like(state.growth)
 
         # One branch rather than a selection per field: XLA would fuse the acceptance test and the step map into

@@ -14,7 +14,9 @@ def test_qp_layer_quick(tmp_path, monkeypatch):
     assert out["passed"]
     # The implicit gradient of the loss against central finite differences of the QP solve, in float64.
     assert out["gradient_error"] <= 1e-6
-    # Learning the polygon's constraints from projected points recovers them: the held-out loss collapses.
-    assert out["held_out_error"] <= 1e-2 * out["initial_held_out_error"]
+    # Learning the polygon's constraints from projected points recovers them: the held-out loss collapses, well
+    # below the 1 % the example checks.
+    assert out["held_out_error"] <= 1e-3 * out["initial_held_out_error"]
     assert out["losses"][-1] < out["losses"][0]
-    assert Path(out["figure"]).is_file()
+    assert Path(out["figure"]) == tmp_path / "qp_layer.png"
+    assert (tmp_path / "qp_layer.png").stat().st_size > 0

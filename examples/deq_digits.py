@@ -128,11 +128,15 @@ def predict(model, x):
     return jnp.argmax(logits, axis=-1), stats
 
 
+@eqx.filter_jit
+def fixed_points(model, x):
+    r"""The DEQ's fixed points :math:`z^\star` for the samples in ``x``."""
+    return jax.vmap(lambda x: model.deq(model.encoder(x))[0])(x)
+
+
 def relative_residuals(stats, model, x):
     """``‖f(z) − z‖ / ‖z‖`` per sample, from the absolute residual in the statistics."""
-    u = jax.vmap(model.encoder)(x)
-    z = jax.vmap(lambda u: model.deq(u)[0])(u)
-    return np.asarray(stats.residual) / np.linalg.norm(np.asarray(z), axis=-1)
+    return np.asarray(stats.residual) / np.linalg.norm(np.asarray(fixed_points(model, x)), axis=-1)
 
 
 def train(name, model, data, epochs, batch, lr, seed, penalty=0.0):
@@ -192,6 +196,12 @@ def step_memory_mb(model, data, batch, penalty):
 def residual_trace(model, x, solver, steps=TRACE_STEPS):
     r"""Relative residuals :math:`\|f(z_k) - z_k\| / \|f(z_k)\|` per iteration :math:`k` from :math:`z_0 = 0`,
     averaged over the samples in ``x``."""
+    return np.asarray(_residual_trace(model, x, solver, steps))
+
+
+@eqx.filter_jit
+def _residual_trace(model, x, solver, steps):
+    """:func:`residual_trace` compiled once per solver for models of the same structure (trained or not)."""
     problem = FixedPointProblem(lambda z, u: model.deq.block(z, u))
 
     def one(x):
@@ -205,7 +215,7 @@ def residual_trace(model, x, solver, steps=TRACE_STEPS):
 
         return jax.lax.scan(body, (z, state), length=steps)[1]
 
-    return np.asarray(jax.jit(jax.vmap(one))(x).mean(0))
+    return jax.vmap(one)(x).mean(0)
 
 
 def plot(path, histories, traces, memory, budgets):

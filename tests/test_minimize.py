@@ -235,9 +235,8 @@ def test_mirror_descent_reports_the_residual_of_the_point_it_returns(stepsize):
             np.testing.assert_allclose(sol.stats.residual, expected, rtol=1e-8)
 
 
-@pytest.mark.parametrize("steps", [3, 40])
-def test_keep_best_pairs_the_point_with_its_residual_without_extrapolation(steps):
-    # The loop's residual is the gradient mapping at the point each step starts from; keep_best keeps that point.
+def _diabetes_lasso():
+    """``(f, prox, p)``: the lasso on standardized diabetes, λ in ``params``, with p features."""
     x, y = load_diabetes(return_X_y=True)
     x, y = jnp.asarray((x - x.mean(0)) / x.std(0)), jnp.asarray((y - y.mean()) / y.std())
 
@@ -247,8 +246,15 @@ def test_keep_best_pairs_the_point_with_its_residual_without_extrapolation(steps
     def prox(v, lam, step):
         return implax.prox.l1(v, step * lam)
 
+    return f, prox, x.shape[1]
+
+
+@pytest.mark.parametrize("steps", [3, 40])
+def test_keep_best_pairs_the_point_with_its_residual_without_extrapolation(steps):
+    # The loop's residual is the gradient mapping at the point each step starts from; keep_best keeps that point.
+    f, prox, p = _diabetes_lasso()
     solver = implax.ProximalGradient(prox, stepsize=0.05, acceleration=False, keep_best=True, max_steps=steps)
-    sol = implax.minimize(f, jnp.zeros(x.shape[1]), 0.01, solver=solver, on_failure="ignore")
+    sol = implax.minimize(f, jnp.zeros(p), 0.01, solver=solver, on_failure="ignore")
     step = implax.conditions.proximal_gradient_step(f, prox, 0.05)
     expected = np.linalg.norm(sol.value - step(sol.value, 0.01)) / 0.05
     np.testing.assert_allclose(sol.stats.residual, expected, rtol=1e-10)
@@ -257,28 +263,21 @@ def test_keep_best_pairs_the_point_with_its_residual_without_extrapolation(steps
 def test_the_stopping_scale_is_the_first_steps_residual_at_x0():
     # The first step measures the gradient mapping at x0, which is the scale of the relative stopping rule; the
     # solve stops at the first step whose residual is below rtol times it. With max_steps = 0 init measures it.
-    x, y = load_diabetes(return_X_y=True)
-    x, y = jnp.asarray((x - x.mean(0)) / x.std(0)), jnp.asarray((y - y.mean()) / y.std())
-
-    def f(w, lam):
-        return 0.5 * jnp.mean((x @ w - y) ** 2)
-
-    def prox(v, lam, step):
-        return implax.prox.l1(v, step * lam)
+    f, prox, p = _diabetes_lasso()
 
     def solve(max_steps):
         solver = implax.ProximalGradient(prox, stepsize=0.05, acceleration=False, rtol=1e-3, max_steps=max_steps)
-        return implax.minimize(f, jnp.zeros(x.shape[1]), 0.01, solver=solver, on_failure="ignore")
+        return implax.minimize(f, jnp.zeros(p), 0.01, solver=solver, on_failure="ignore")
 
     step = implax.conditions.proximal_gradient_step(f, prox, 0.05)
-    scale = np.linalg.norm(step(jnp.zeros(x.shape[1]), 0.01)) / 0.05
+    scale = np.linalg.norm(step(jnp.zeros(p), 0.01)) / 0.05
     sol = solve(1000)
     assert sol.stats.converged and sol.stats.residual <= 1e-3 * scale, sol.stats
     before = solve(int(sol.stats.num_steps) - 1)
     assert not before.stats.converged and before.stats.residual > 1e-3 * scale, before.stats
     start = solve(0)
     assert int(start.stats.num_steps) == 0 and not start.stats.converged
-    np.testing.assert_array_equal(start.value, np.zeros(x.shape[1]))
+    np.testing.assert_array_equal(start.value, np.zeros(p))
     np.testing.assert_allclose(start.stats.residual, scale, rtol=1e-12)
 
 

@@ -80,7 +80,7 @@ def test_float32_layer_under_vmap_and_jit(rng):
 
     x, stats = eqx.filter_jit(lambda layer, cs: jax.vmap(layer)(cs))(layer, cs)
     parameters = {name: getattr(layer, name).astype(jnp.float64) for name in PARAMETERS}
-    x64, _ = jax.vmap(lambda c: qp_layer.solve(parameters, c, layer.eps))(cs.astype(jnp.float64))
+    x64, _ = jax.jit(jax.vmap(lambda c: qp_layer.solve(parameters, c, layer.eps)))(cs.astype(jnp.float64))
 
     assert layer.G.dtype == x.dtype == jnp.float32
     np.testing.assert_array_equal(stats.status, implax.QPStatus.SOLVED)
